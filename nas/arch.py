@@ -1,0 +1,558 @@
+"""Arch: the one architecture schema of the toolkit.
+
+An ``Arch`` describes one static MobileNet-family network: input resolution, a stem conv, stages of
+inverted-residual (MBConv) blocks, an optional pre-pool 1x1 ``feature_mix`` conv, an optional
+post-pool 1x1 ``post_pool`` conv (MobileNetV3) and a linear classifier. Every conv names its
+operator kind: ``mult``, ``shift`` or ``add``.
+
+Three views of the same object:
+
+* the dataclasses below (frozen, hashable);
+* canonical JSON (``to_json``): sorted keys, ``schema_version``, so ``arch_id`` is stable;
+* flat labels (``to_flat``) such as ``s2_b1_ks`` for search algorithms (NNI style).
+
+Everything a user can hand in goes through ``Arch.from_dict`` which raises one ``ConfigError``
+naming the field path, the value and what is allowed. OFA / MCUNet ``net.config`` files are read
+by ``from_ofa_config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from nas.errors import ConfigError
+
+SCHEMA_VERSION = 1
+OP_KINDS = ("mult", "shift", "add")
+ACTS = ("relu", "relu6", "hswish", "none")
+KERNEL_SIZES = (1, 3, 5, 7)
+STRIDES = (1, 2)
+# Names used by OFA / NetAug / MCUNet files for the same activations.
+_ACT_ALIASES = {"h_swish": "hswish", "hard_swish": "hswish", None: "none", "": "none"}
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``v`` to the nearest multiple of ``divisor`` without losing more than 10%.
+
+    The rule of the MobileNet / OFA / NetAug code bases, so that width multipliers give the same
+    channel counts as there.
+    """
+    min_value = divisor if min_value is None else min_value
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+def conv_out_size(size: int, kernel_size: int, stride: int) -> int:
+    """Output size of a conv with 'same' padding (kernel_size // 2)."""
+    pad = kernel_size // 2
+    return (size + 2 * pad - kernel_size) // stride + 1
+
+
+# --------------------------------------------------------------------------------------------
+# schema
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A conv + BN + activation layer (the stem, the feature mix, the post-pool conv)."""
+
+    out_channels: int
+    kernel_size: int = 1
+    stride: int = 1
+    act: str = "relu6"
+    op: str = "mult"
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """An inverted residual block: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project.
+
+    ``mid_channels`` is explicit (OFA files carry it; rounding rules differ between code bases).
+    ``expand_ratio == 1`` means no expand conv and ``mid_channels == in_channels``. ``op`` is the
+    operator of the 1x1 convs, ``dw_op`` that of the depthwise conv and of the SE convs (which act
+    per channel on the depthwise output, so the paper's conventions treat them alike).
+    ``shortcut``: identity shortcut; only possible with stride 1 and equal in/out channels. When a
+    file leaves it out it is true exactly then (ProxylessNAS files switch it off for the first block).
+    """
+
+    kernel_size: int
+    expand_ratio: float
+    mid_channels: int
+    out_channels: int
+    stride: int = 1
+    act: str = "relu6"
+    se_channels: int = 0
+    op: str = "mult"
+    dw_op: str = "mult"
+    shortcut: bool = False
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    blocks: tuple[BlockSpec, ...]
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    op: str = "mult"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    resolution: int
+    num_classes: int
+    stem: ConvSpec
+    stages: tuple[StageSpec, ...]
+    feature_mix: ConvSpec | None = None
+    post_pool: ConvSpec | None = None
+    classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
+    in_channels: int = 3
+
+    # ---------------------------------------------------------------- construction / views
+    def __post_init__(self) -> None:
+        _validate_structure(self)
+
+    @staticmethod
+    def from_dict(d: Any, where: str = "arch") -> "Arch":
+        return _arch_from_dict(d, where)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["stages"] = [{"blocks": [dict(b) for b in s["blocks"]]} for s in d["stages"]]
+        d["schema_version"] = SCHEMA_VERSION
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
+
+    @staticmethod
+    def from_json(text: str, where: str = "arch") -> "Arch":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(where, f"<invalid JSON: {e.msg} at line {e.lineno}>", "a JSON object") from None
+        return Arch.from_dict(d, where)
+
+    def save(self, path: str | Path) -> None:
+        from nas.io import atomic_write_text
+
+        atomic_write_text(path, self.to_json() + "\n")
+
+    @staticmethod
+    def load(path: str | Path) -> "Arch":
+        """Read an Arch JSON file, or an OFA / MCUNet ``net.config`` (detected by its keys)."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("arch file", str(p), "expected an existing Arch JSON or OFA/MCUNet net.config file")
+        try:
+            d = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(str(p), "<not JSON>", f"an Arch JSON or OFA net.config ({e})") from None
+        if isinstance(d, dict) and "first_conv" in d and "blocks" in d:
+            return from_ofa_config(d, name=p.stem)
+        return Arch.from_dict(d, where=str(p.name))
+
+    @property
+    def arch_id(self) -> str:
+        """Short stable id of the architecture (hash of the canonical JSON, name excluded)."""
+        d = self.to_dict()
+        d.pop("name")
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    # ---------------------------------------------------------------- convenience
+    def blocks(self) -> Iterator[tuple[int, int, BlockSpec]]:
+        """(stage index, block index, block) in forward order."""
+        for i, s in enumerate(self.stages):
+            for j, b in enumerate(s.blocks):
+                yield i, j, b
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return tuple(len(s.blocks) for s in self.stages)
+
+    @property
+    def head_channels(self) -> int:
+        """Channels fed to the classifier."""
+        if self.post_pool is not None:
+            return self.post_pool.out_channels
+        if self.feature_mix is not None:
+            return self.feature_mix.out_channels
+        return self.stages[-1].blocks[-1].out_channels if self.stages else self.stem.out_channels
+
+    def replace(self, **kw: Any) -> "Arch":
+        return dataclasses.replace(self, **kw)
+
+    def with_ops(self, op: str) -> "Arch":
+        """This arch with the paper's operator convention for a ``mult``, ``shift`` or ``add`` model.
+
+        Shift models: every conv (stem, 1x1, depthwise, SE, feature mix, post-pool) is ShiftConv;
+        the classifier stays multiplicative. Add models: stem, 1x1 convs, feature mix and post-pool
+        are AddConv; depthwise (and SE) convs and the classifier stay multiplicative
+        (method.md section 9.3, the convention that reproduces the paper's energies).
+        """
+        if op not in OP_KINDS:
+            raise ConfigError("op", op, f"allowed: {', '.join(OP_KINDS)}")
+        dense = op
+        dw = "shift" if op == "shift" else "mult"
+        stages = tuple(
+            StageSpec(tuple(dataclasses.replace(b, op=dense, dw_op=dw) for b in s.blocks)) for s in self.stages
+        )
+        return dataclasses.replace(
+            self,
+            stem=dataclasses.replace(self.stem, op=dense),
+            stages=stages,
+            feature_mix=None if self.feature_mix is None else dataclasses.replace(self.feature_mix, op=dense),
+            post_pool=None if self.post_pool is None else dataclasses.replace(self.post_pool, op=dense),
+            classifier=dataclasses.replace(self.classifier, op="mult"),
+        )
+
+    @property
+    def op_kind(self) -> str:
+        """'mult', 'shift' or 'add' when the arch follows that convention exactly, else 'mixed'."""
+        for op in OP_KINDS:
+            if self.with_ops(op) == self:
+                return op
+        return "mixed"
+
+    def to_flat(self) -> dict[str, Any]:
+        """Flat labelled form: ``res``, ``stem_out``, ``s{i}_depth``, ``s{i}_b{j}_ks`` ..."""
+        f: dict[str, Any] = {
+            "name": self.name,
+            "res": self.resolution,
+            "classes": self.num_classes,
+            "in_ch": self.in_channels,
+            "stem_out": self.stem.out_channels,
+            "stem_ks": self.stem.kernel_size,
+            "stem_stride": self.stem.stride,
+            "stem_act": self.stem.act,
+            "stem_op": self.stem.op,
+            "n_stages": len(self.stages),
+        }
+        for i, s in enumerate(self.stages):
+            f[f"s{i}_depth"] = len(s.blocks)
+            for j, b in enumerate(s.blocks):
+                for key, attr in _FLAT_BLOCK_KEYS.items():
+                    f[f"s{i}_b{j}_{key}"] = getattr(b, attr)
+        for head in ("feature_mix", "post_pool"):
+            c = getattr(self, head)
+            f[f"{head}_out"] = 0 if c is None else c.out_channels
+            if c is not None:
+                f[f"{head}_act"] = c.act
+                f[f"{head}_op"] = c.op
+        f["cls_op"] = self.classifier.op
+        f["cls_dropout"] = self.classifier.dropout
+        return f
+
+    @staticmethod
+    def from_flat(f: dict[str, Any]) -> "Arch":
+        try:
+            stages = []
+            for i in range(int(f["n_stages"])):
+                blocks = []
+                for j in range(int(f[f"s{i}_depth"])):
+                    blocks.append({attr: f[f"s{i}_b{j}_{key}"] for key, attr in _FLAT_BLOCK_KEYS.items()})
+                stages.append({"blocks": blocks})
+            heads = {}
+            for head in ("feature_mix", "post_pool"):
+                out = int(f[f"{head}_out"])
+                heads[head] = None if out == 0 else {"out_channels": out, "act": f[f"{head}_act"], "op": f[f"{head}_op"]}
+            d = {
+                "name": f["name"],
+                "resolution": f["res"],
+                "num_classes": f["classes"],
+                "in_channels": f["in_ch"],
+                "stem": {
+                    "out_channels": f["stem_out"],
+                    "kernel_size": f["stem_ks"],
+                    "stride": f["stem_stride"],
+                    "act": f["stem_act"],
+                    "op": f["stem_op"],
+                },
+                "stages": stages,
+                **heads,
+                "classifier": {"op": f["cls_op"], "dropout": f["cls_dropout"]},
+            }
+        except KeyError as e:
+            raise ConfigError("flat arch", f"<missing key {e.args[0]}>", "all labels written by Arch.to_flat") from None
+        return Arch.from_dict(d, "flat arch")
+
+    def summary(self) -> str:
+        """A one-line-per-stage human description."""
+        lines = [f"{self.name}: {self.resolution}px, {self.num_classes} classes, stem {self.stem.out_channels}"]
+        for i, s in enumerate(self.stages):
+            desc = " ".join(
+                f"k{b.kernel_size}e{b.expand_ratio:g}c{b.out_channels}" + ("s2" if b.stride == 2 else "") + ("se" if b.se_channels else "")
+                for b in s.blocks
+            )
+            lines.append(f"  s{i}: {desc}")
+        return "\n".join(lines)
+
+
+_FLAT_BLOCK_KEYS = {
+    "ks": "kernel_size",
+    "e": "expand_ratio",
+    "mid": "mid_channels",
+    "out": "out_channels",
+    "stride": "stride",
+    "act": "act",
+    "se": "se_channels",
+    "op": "op",
+    "dwop": "dw_op",
+    "res": "shortcut",
+}
+
+
+def block_in_channels(arch: Arch) -> list[int]:
+    """Input channels of every block in forward order."""
+    c = arch.stem.out_channels
+    out = []
+    for _, _, b in arch.blocks():
+        out.append(c)
+        c = b.out_channels
+    return out
+
+
+def has_shortcut(in_channels: int, block: BlockSpec) -> bool:
+    """Whether the block adds its input (``in_channels`` kept for call sites that check shapes)."""
+    return block.shortcut
+
+
+# --------------------------------------------------------------------------------------------
+# parsing and validation
+
+
+def _expect_mapping(d: Any, where: str, keys: dict[str, tuple], required: tuple[str, ...]) -> dict:
+    if not isinstance(d, dict):
+        raise ConfigError(where, d, "expected a mapping (JSON object)")
+    unknown = sorted(set(d) - set(keys))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}", d[unknown[0]], f"unknown key; allowed keys: {', '.join(sorted(keys))}")
+    for k in required:
+        if k not in d:
+            raise ConfigError(f"{where}.{k}", "<missing>", "required")
+    return d
+
+
+def _int(d: dict, key: str, where: str, lo: int = 1, default: Any = None) -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise ConfigError(f"{where}.{key}", v, f"expected an integer >= {lo}")
+    v = int(v)
+    if v < lo:
+        raise ConfigError(f"{where}.{key}", v, f"expected an integer >= {lo}")
+    return v
+
+
+def _choice(d: dict, key: str, where: str, choices: tuple, default: Any = None, aliases: dict | None = None) -> Any:
+    v = d.get(key, default)
+    if aliases and v in aliases:
+        v = aliases[v]
+    if v not in choices:
+        raise ConfigError(f"{where}.{key}", v, f"allowed: {', '.join(map(str, choices))}")
+    return v
+
+
+def _conv_from_dict(d: Any, where: str, default_k: int, default_s: int) -> ConvSpec:
+    keys = {f.name: () for f in dataclasses.fields(ConvSpec)}
+    _expect_mapping(d, where, keys, ("out_channels",))
+    return ConvSpec(
+        out_channels=_int(d, "out_channels", where),
+        kernel_size=_choice(d, "kernel_size", where, KERNEL_SIZES, default_k),
+        stride=_choice(d, "stride", where, STRIDES, default_s),
+        act=_choice(d, "act", where, ACTS, "relu6", _ACT_ALIASES),
+        op=_choice(d, "op", where, OP_KINDS, "mult"),
+    )
+
+
+def _block_from_dict(d: Any, where: str, in_channels: int) -> BlockSpec:
+    keys = {f.name: () for f in dataclasses.fields(BlockSpec)}
+    _expect_mapping(d, where, keys, ("kernel_size", "expand_ratio", "out_channels"))
+    e = d["expand_ratio"]
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e <= 0:
+        raise ConfigError(f"{where}.expand_ratio", e, "expected a positive number")
+    ks = _choice(d, "kernel_size", where, (3, 5, 7))
+    if "mid_channels" in d and d["mid_channels"] is not None:
+        mid = _int(d, "mid_channels", where)
+    else:
+        mid = in_channels if e == 1 else make_divisible(round(in_channels * e), 8)
+    if e == 1 and mid != in_channels:
+        raise ConfigError(f"{where}.mid_channels", mid, f"a block with expand_ratio 1 has no expand conv, so mid_channels must equal its input channels ({in_channels})")
+    out = _int(d, "out_channels", where)
+    stride = _choice(d, "stride", where, STRIDES, 1)
+    fits = stride == 1 and out == in_channels
+    shortcut = d.get("shortcut", fits)
+    if not isinstance(shortcut, bool):
+        raise ConfigError(f"{where}.shortcut", shortcut, "expected true or false")
+    if shortcut and not fits:
+        raise ConfigError(f"{where}.shortcut", shortcut, f"an identity shortcut needs stride 1 and out_channels == in_channels ({in_channels})")
+    return BlockSpec(
+        kernel_size=ks,
+        expand_ratio=float(e),
+        mid_channels=mid,
+        out_channels=out,
+        stride=stride,
+        shortcut=shortcut,
+        act=_choice(d, "act", where, ACTS, "relu6", _ACT_ALIASES),
+        se_channels=_int(d, "se_channels", where, lo=0, default=0),
+        op=_choice(d, "op", where, OP_KINDS, "mult"),
+        dw_op=_choice(d, "dw_op", where, OP_KINDS, "mult"),
+    )
+
+
+_ARCH_KEYS = {f.name: () for f in dataclasses.fields(Arch)} | {"schema_version": ()}
+
+
+def _arch_from_dict(d: Any, where: str) -> Arch:
+    _expect_mapping(d, where, _ARCH_KEYS, ("resolution", "num_classes", "stem", "stages"))
+    sv = d.get("schema_version", SCHEMA_VERSION)
+    if sv != SCHEMA_VERSION:
+        raise ConfigError(f"{where}.schema_version", sv, f"this version of shiftaddaug reads schema_version {SCHEMA_VERSION}")
+    name = d.get("name", "arch")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.name", name, "expected a non-empty string")
+    stem = _conv_from_dict(d["stem"], f"{where}.stem", 3, 2)
+    stages_in = d["stages"]
+    if not isinstance(stages_in, list) or not stages_in:
+        raise ConfigError(f"{where}.stages", stages_in, "expected a non-empty list of stages")
+    stages = []
+    c = stem.out_channels
+    for i, s in enumerate(stages_in):
+        sw = f"{where}.stages[{i}]"
+        _expect_mapping(s, sw, {"blocks": ()}, ("blocks",))
+        if not isinstance(s["blocks"], list) or not s["blocks"]:
+            raise ConfigError(f"{sw}.blocks", s["blocks"], "expected a non-empty list of blocks")
+        blocks = []
+        for j, b in enumerate(s["blocks"]):
+            blk = _block_from_dict(b, f"{sw}.blocks[{j}]", c)
+            blocks.append(blk)
+            c = blk.out_channels
+        stages.append(StageSpec(tuple(blocks)))
+    heads = {}
+    for head, k in (("feature_mix", 1), ("post_pool", 1)):
+        v = d.get(head)
+        heads[head] = None if v is None else _conv_from_dict(v, f"{where}.{head}", k, 1)
+        if heads[head] is not None and (heads[head].kernel_size != 1 or heads[head].stride != 1):
+            raise ConfigError(f"{where}.{head}", v, "the head convs are 1x1 with stride 1")
+    cls = d.get("classifier", {})
+    _expect_mapping(cls, f"{where}.classifier", {"op": (), "dropout": ()}, ())
+    dropout = cls.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"{where}.classifier.dropout", dropout, "expected a number in [0, 1)")
+    classifier = ClassifierSpec(op=_choice(cls, "op", f"{where}.classifier", OP_KINDS, "mult"), dropout=float(dropout))
+    return Arch(
+        name=name,
+        resolution=_int(d, "resolution", where, lo=8),
+        num_classes=_int(d, "num_classes", where),
+        stem=stem,
+        stages=tuple(stages),
+        feature_mix=heads["feature_mix"],
+        post_pool=heads["post_pool"],
+        classifier=classifier,
+        in_channels=_int(d, "in_channels", where, default=3),
+    )
+
+
+def _validate_structure(a: Arch) -> None:
+    """Checks that need the whole network: the spatial size must allow every stride."""
+    size = conv_out_size(a.resolution, a.stem.kernel_size, a.stem.stride)
+    if size < 1 or (a.stem.stride == 2 and a.resolution < 2):
+        raise ConfigError("arch.stem.stride", a.stem.stride, f"input resolution {a.resolution} is too small")
+    for i, j, b in a.blocks():
+        if b.stride == 2 and size < 2:
+            raise ConfigError(
+                f"arch.stages[{i}].blocks[{j}].stride",
+                b.stride,
+                f"the feature map is already {size}x{size} at resolution {a.resolution}; "
+                "use stride 1 here or a larger resolution",
+            )
+        size = conv_out_size(size, b.kernel_size, b.stride)
+
+
+# --------------------------------------------------------------------------------------------
+# OFA / MCUNet net.config
+
+
+def from_ofa_config(cfg: dict, name: str = "ofa", resolution: int | None = None, num_classes: int | None = None) -> Arch:
+    """Read an OFA / ProxylessNAS / MCUNet ``net.config`` into an Arch.
+
+    Blocks whose conv is a ``ZeroLayer`` (with an identity shortcut) are skipped, as in OFA.
+    A stage starts at every stride-2 block and wherever the output channels change. ``resolution`` falls back to the
+    file's ``resolution`` key (MCUNet) or 224 (plain OFA files keep it in run.config).
+    """
+    where = f"{name}"
+    try:
+        fc = cfg["first_conv"]
+        stem = {
+            "out_channels": fc["out_channels"],
+            "kernel_size": fc.get("kernel_size", 3),
+            "stride": fc.get("stride", 2),
+            "act": fc.get("act_func", "relu6"),
+        }
+        in_channels = fc.get("in_channels", 3)
+        stages: list[dict] = []
+        prev_out = None
+        c = fc["out_channels"]
+        for k, blk in enumerate(cfg["blocks"]):
+            conv = blk.get("mobile_inverted_conv") or blk.get("conv")
+            if conv is None or conv.get("name") == "ZeroLayer":
+                continue
+            if conv.get("name") not in ("MBInvertedConvLayer", "MBConvLayer"):
+                raise ConfigError(f"{where}.blocks[{k}].name", conv.get("name"), "supported: MBInvertedConvLayer, MBConvLayer, ZeroLayer")
+            e = conv.get("expand_ratio", 1)
+            mid = conv.get("mid_channels")
+            if mid is None:
+                mid = c if e == 1 else make_divisible(round(c * e), 8)
+            se = 0
+            if conv.get("use_se"):
+                se = make_divisible(mid // 4, 8)
+            b = {
+                "kernel_size": conv["kernel_size"],
+                "expand_ratio": e,
+                "mid_channels": mid,
+                "out_channels": conv["out_channels"],
+                "stride": conv.get("stride", 1),
+                "act": conv.get("act_func", "relu6"),
+                "se_channels": se,
+            }
+            if conv["in_channels"] != c:
+                raise ConfigError(f"{where}.blocks[{k}].in_channels", conv["in_channels"], f"expected {c} (the previous layer's output)")
+            b["shortcut"] = bool(blk.get("shortcut"))
+            if prev_out != conv["out_channels"] or conv.get("stride", 1) == 2:
+                stages.append({"blocks": []})
+            stages[-1]["blocks"].append(b)
+            prev_out = c = conv["out_channels"]
+        fm = cfg.get("feature_mix_layer")
+        feature_mix = None
+        if fm:
+            feature_mix = {"out_channels": fm["out_channels"], "act": fm.get("act_func", "relu6")}
+            c = fm["out_channels"]
+        post_pool = None
+        if cfg.get("final_expand_layer"):  # OFA MobileNetV3: pre-pool conv named final_expand_layer
+            fe = cfg["final_expand_layer"]
+            post_pool = feature_mix
+            feature_mix = {"out_channels": fe["out_channels"], "act": fe.get("act_func", "h_swish")}
+        cls = cfg["classifier"]
+        d = {
+            "name": name,
+            "resolution": resolution or cfg.get("resolution", 224),
+            "num_classes": num_classes or cls["out_features"],
+            "in_channels": in_channels,
+            "stem": stem,
+            "stages": stages,
+            "feature_mix": feature_mix,
+            "post_pool": post_pool,
+            "classifier": {"dropout": float(cls.get("dropout_rate", 0) or 0)},
+        }
+    except (KeyError, TypeError) as e:
+        raise ConfigError(where, f"<malformed net.config: {e!r}>", "an OFA/MCUNet net.config with first_conv, blocks, classifier") from None
+    return Arch.from_dict(d, where)

@@ -1,0 +1,149 @@
+"""Exact op counts: hand-computed layers, agreement with the built model, published figures."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.arch import Arch
+from nas.cost.counting import Layer, arch_layers, count_module_ops, count_ops, layer_cost
+from nas.models import build_model, zoo_arch
+from nas.models.static import layer_module_path
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "net-configs"
+
+
+def test_dense_conv_hand_computed():
+    # 3 -> 2 channels, 3x3, 224 -> 222 (no padding), bias: the NNI profiler's example
+    L = Layer("c", "dense", "mult", 3, 2, 3, 1, 1, 224, 222, bias=True)
+    c = layer_cost(L)
+    outputs = 2 * 222 * 222
+    assert c.macs == 27 * outputs == 2_661_336
+    assert c.mults == 2_661_336 and c.shifts == 0
+    assert c.adds == 26 * outputs + outputs == 2_661_336  # accumulations + bias
+    assert c.macs + outputs == 2_759_904  # NNI counts bias as one more op per output
+    assert c.params == 3 * 2 * 9 + 2
+    assert c.act_in == 3 * 224 * 224 and c.act_out == outputs
+
+
+def test_shift_and_add_conv_hand_computed():
+    s = layer_cost(Layer("c", "dense", "shift", 3, 2, 3, 1, 1, 224, 222, bias=True))
+    assert (s.mults, s.shifts, s.adds) == (0, 2_661_336, 2_661_336)
+    a = layer_cost(Layer("c", "dense", "add", 3, 2, 3, 1, 1, 224, 222, bias=True))
+    assert (a.mults, a.shifts) == (0, 0)
+    assert a.adds == (2 * 27 - 1) * 98_568 + 98_568 == 5_322_672
+    assert a.macs == s.macs == 2_661_336
+
+
+def test_depthwise_pointwise_linear_se_pool_residual():
+    dw = layer_cost(Layer("dw", "depthwise", "mult", 16, 16, 3, 2, 16, 8, 4, bn=True))
+    assert dw.macs == 9 * 16 * 4 * 4 == 2304 and dw.params == 16 * 9 + 32
+    pw = layer_cost(Layer("pw", "pointwise", "add", 16, 24, 1, 1, 1, 4, 4, bn=True))
+    assert pw.macs == 16 * 24 * 16 and pw.adds == (2 * 16 - 1) * 24 * 16 and pw.params == 16 * 24 + 48
+    fc = layer_cost(Layer("fc", "linear", "mult", 448, 10, bias=True))
+    assert (fc.macs, fc.mults, fc.adds, fc.params) == (4480, 4480, 4480, 4490)
+    pool = layer_cost(Layer("se.pool", "se", "mult", 16, 16, 1, 1, 1, 4, 1))
+    assert (pool.adds, pool.mults, pool.macs) == (16 * 15, 16, 0)
+    gate = layer_cost(Layer("se.gate", "se", "mult", 16, 16, 1, 1, 1, 4, 4))
+    assert (gate.mults, gate.adds) == (256, 0)
+    res = layer_cost(Layer("b.residual", "residual", "mult", 16, 16, 1, 1, 1, 4, 4))
+    assert (res.adds, res.mults) == (256, 0)
+
+
+def test_batch_scales_linearly():
+    a = zoo_arch("mcunet", "shift", 64, 10)
+    one, four = count_ops(a).totals, count_ops(a, batch=4).totals
+    for k in ("macs", "mults", "adds", "shifts"):
+        assert four[k] == 4 * one[k]
+    assert four["params"] == one["params"]
+
+
+@pytest.mark.parametrize("name", ["mbv2-w0.35", "mbv3-w0.35", "proxyless-w0.35", "mcunet", "mbv2-tiny"])
+def test_counts_equal_built_model(name):
+    arch = zoo_arch(name, "mult", 64, 10)
+    model = build_model(arch)
+    report = count_ops(arch)
+    assert report.totals["params"] == sum(p.numel() for p in model.parameters())
+    hooked = count_module_ops(model, (1, 3, 64, 64))
+    convs = [r for r in report.rows if r.layer.is_conv or r.layer.kind == "linear"]
+    assert len(hooked) == len(convs)
+    for h, r in zip(hooked, convs):
+        assert h["name"] == layer_module_path(r.layer.name)
+        assert (h["macs"], h["mults"], h["adds"]) == (r.macs, r.mults, r.adds), r.layer.name
+
+
+def test_layer_names_match_module_paths():
+    arch = zoo_arch("mbv3-w0.35", "mult", 64, 10)
+    model = build_model(arch)
+    modules = dict(model.named_modules())
+    for L in arch_layers(arch):
+        if L.is_conv or L.kind == "linear":
+            assert layer_module_path(L.name) in modules, L.name
+    assert layer_module_path("s2.b1.se.reduce") == "stages.2.1.se.reduce"
+    assert layer_module_path("s0.b0.expand") == "stages.0.0.expand.conv"
+
+
+def test_op_totals_by_kind():
+    report = count_ops(zoo_arch("mbv2-w0.35", "add", 160, 100))
+    kinds = report.by_kind()
+    assert kinds["op:add"]["mults"] == 0 and kinds["op:add"]["macs"] > 0
+    assert kinds["depthwise"]["adds"] < kinds["depthwise"]["macs"]  # depthwise stays mult in Add models
+    shift = count_ops(zoo_arch("mbv2-w0.35", "shift", 160, 100)).totals
+    mult = count_ops(zoo_arch("mbv2-w0.35", "mult", 160, 100)).totals
+    assert shift["macs"] == mult["macs"]
+    # in a Shift model only the classifier (1280 -> 100) and the final pool's 1/HW scaling multiply
+    assert shift["shifts"] == shift["macs"] - 1280 * 100
+    assert shift["mults"] == 1280 * 100 + 1280
+
+
+# Published figures (NetAug / MCUNet READMEs): (model, resolution, MACs, params), 1000 classes.
+PUBLISHED = [
+    ("mbv2-w1.0", 224, 300e6, 3.47e6),  # 300M MACs, 3.4-3.5M params
+    ("mbv2-tiny", 144, 23.5e6, 0.75e6),
+    ("mcunet", 176, 81.8e6, 0.74e6),
+    ("proxyless-w0.35", 160, 35.7e6, 1.8e6),
+]
+
+
+@pytest.mark.parametrize("name, res, macs, params", PUBLISHED)
+def test_zoo_meets_published_figures(name, res, macs, params):
+    t = count_ops(zoo_arch(name, "mult", res, 1000)).totals
+    assert abs(t["macs"] / macs - 1) < 0.01
+    tol = 0.015 if name == "mbv2-w1.0" else 0.011  # 3.4-3.5M range; 0.74M / 1.8M are rounded
+    assert abs(t["params"] / params - 1) < tol
+
+
+# MCUNet README model tables: net.config file -> (MACs, params)
+MCUNET_README = {
+    "mbv2-w0.3-r80_imagenet": (7.3e6, 0.63e6),
+    "mbv2-w0.35-r144_imagenet": (23.5e6, 0.75e6),
+    "proxyless-w0.25-r112_imagenet": (10.7e6, 0.57e6),
+    "proxyless-w0.3-r176_imagenet": (38.3e6, 0.75e6),
+    "mcunet-10fps_imagenet": (6.4e6, 0.75e6),
+    "mcunet-5fps_imagenet": (12.8e6, 0.64e6),
+    "mcunet-256kb-1mb_imagenet": (67.3e6, 0.73e6),
+    "mcunet-320kb-1mb_imagenet": (81.8e6, 0.74e6),
+    "mcunet-512kb-2mb_imagenet": (125.9e6, 1.73e6),
+    "mcunet-256kb-1mb-int4_imagenet": (134.5e6, 1.4e6),
+    "mcunet-320kb-1mb-int4_imagenet": (170.0e6, 1.4e6),
+    "mcunet-512kb-2mb-int4_imagenet": (466.8e6, 3.3e6),
+}
+
+
+@pytest.mark.parametrize("stem, figures", sorted(MCUNET_README.items()))
+def test_net_configs_meet_mcunet_readme(stem, figures):
+    t = count_ops(Arch.load(FIXTURES / f"{stem}.json")).totals
+    macs, params = figures
+    assert abs(t["macs"] / macs - 1) < 0.01
+    # the README rounds params to 2 significant digits (0.57M, 1.4M): allow that rounding
+    assert abs(t["params"] - params) <= max(0.01 * params, 0.005e6 if params < 1e6 else 0.05e6)
+
+
+def test_counts_match_real_forward_for_ofa_config():
+    arch = Arch.load(FIXTURES / "mcunet-5fps_imagenet.json")
+    model = build_model(arch)
+    hooked = count_module_ops(model, (1, 3, arch.resolution, arch.resolution))
+    assert sum(h["macs"] for h in hooked) == count_ops(arch).totals["macs"]
+    out = model.eval()(torch.zeros(2, 3, arch.resolution, arch.resolution))
+    assert out.shape == (2, 1000)
