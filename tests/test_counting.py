@@ -59,9 +59,10 @@ def test_batch_scales_linearly():
     assert four["params"] == one["params"]
 
 
+@pytest.mark.parametrize("op", ["mult", "shift", "add"])
 @pytest.mark.parametrize("name", ["mbv2-w0.35", "mbv3-w0.35", "proxyless-w0.35", "mcunet", "mbv2-tiny"])
-def test_counts_equal_built_model(name):
-    arch = zoo_arch(name, "mult", 64, 10)
+def test_counts_equal_built_model(name, op):
+    arch = zoo_arch(name, op, 64, 10)
     model = build_model(arch)
     report = count_ops(arch)
     assert report.totals["params"] == sum(p.numel() for p in model.parameters())
@@ -70,7 +71,7 @@ def test_counts_equal_built_model(name):
     assert len(hooked) == len(convs)
     for h, r in zip(hooked, convs):
         assert h["name"] == layer_module_path(r.layer.name)
-        assert (h["macs"], h["mults"], h["adds"]) == (r.macs, r.mults, r.adds), r.layer.name
+        assert (h["macs"], h["mults"], h["adds"], h["shifts"]) == (r.macs, r.mults, r.adds, r.shifts), r.layer.name
 
 
 def test_layer_names_match_module_paths():

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from nas.arch import Arch, block_in_channels, conv_out_size, has_shortcut
+from nas.ops import op_counts
 
 KINDS = ("dense", "pointwise", "depthwise", "se", "linear", "pool", "residual")
 COUNT_KEYS = ("macs", "mults", "adds", "shifts", "params")
@@ -82,18 +83,8 @@ def layer_cost(layer: Layer, batch: int = 1) -> LayerCost:
     macs = mults = adds = shifts = params = 0
     if L.is_conv or L.kind == "linear":
         k_terms = (L.in_channels // L.groups) * L.kernel_size * L.kernel_size
-        outputs = act_out
-        macs = k_terms * outputs
-        if L.op == "mult":
-            mults, adds = k_terms * outputs, (k_terms - 1) * outputs
-        elif L.op == "shift":
-            shifts, adds = k_terms * outputs, (k_terms - 1) * outputs
-        elif L.op == "add":
-            adds = (2 * k_terms - 1) * outputs
-        else:
-            raise ValueError(f"unknown op {L.op!r}")
-        if L.bias:
-            adds += outputs
+        c = op_counts(L.op, k_terms, act_out, L.bias)
+        macs, mults, adds, shifts = c["macs"], c["mults"], c["adds"], c["shifts"]
         params = L.out_channels * k_terms + (L.out_channels if L.bias else 0) + (2 * L.out_channels if L.bn else 0)
     elif L.kind == "pool" or (L.kind == "se" and L.name.endswith("pool")):
         hw = L.in_hw * L.in_hw
@@ -231,12 +222,9 @@ def count_module_ops(model, input_shape: Iterable[int]) -> list[dict]:
                 c = dict(mod.count_ops(tuple(out.shape)))
             elif isinstance(mod, nn.Conv2d):
                 k_terms = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
-                n = out.numel()
-                c = {"macs": k_terms * n, "mults": k_terms * n, "adds": (k_terms - 1) * n + (n if mod.bias is not None else 0), "shifts": 0}
+                c = op_counts("mult", k_terms, out.numel(), mod.bias is not None)
             else:  # nn.Linear
-                n = out.numel()
-                k_terms = mod.in_features
-                c = {"macs": k_terms * n, "mults": k_terms * n, "adds": (k_terms - 1) * n + (n if mod.bias is not None else 0), "shifts": 0}
+                c = op_counts("mult", mod.in_features, out.numel(), mod.bias is not None)
             c["name"] = name
             rows.append(c)
 

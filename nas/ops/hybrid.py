@@ -1,0 +1,256 @@
+"""Hybrid layers: one stored weight, an MF prefix of channels and a multiplicative remainder.
+
+A ``HybridConv2d`` owns one maximum-size weight ``W[out_max, in_max, k_max, k_max]`` kept in the
+multiplicative (Gaussian) domain. Its active configuration (set by the network that owns it) is:
+
+* ``active_out`` output channels and ``active_kernel`` (a centred crop of the stored kernel, OFA
+  style); the input channels are read from the input tensor, so widths propagate;
+* an MF prefix ``mf_out`` x ``mf_in`` computed by ``mf_op`` ("shift" or "add") on the remapped
+  slice ``R(W[:mf_out, :mf_in])`` (method.md section 3.2):
+
+      Y_t = MF(X_t; R(W_tt)) + MConv(X_a; W_ta)        # target output channels
+      Y_a = MConv(X; W[mf_out:])                       # augmented output channels
+
+  For a depthwise conv channels never mix: ``Y_t = MF(X_t; R(W_t))``, ``Y_a = MConv(X_a; W_a)``.
+  With ``mf_op == "mult"`` or an empty prefix the layer is an ordinary (sliced) convolution.
+
+In the target pass the prefix covers the whole layer, so the layer *is* the deployed MF layer;
+``export()`` returns that static layer with the remap folded in. ``branch_norm`` rescales the
+multiplicative partial sum ``MConv(X_a; W_ta)`` of the target channels to the per-channel batch
+standard deviation of the MF partial sum (statistics detached), because AddConv partial sums are
+orders of magnitude larger than multiplicative ones (the paper is silent; method.md A2).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nas.ops import create_conv, create_linear
+from nas.ops.remap import Remap
+
+MF_OPS = ("shift", "add")
+
+
+def _check_options(op: str, options: dict) -> dict:
+    """Options of the MF op used inside hybrid layers (validated once, at construction)."""
+    from nas.errors import ConfigError
+
+    allowed = {"shift": {"weight_bits", "rounding", "max_shift"}, "add": {"eta"}}[op]
+    for k in options:
+        if k not in allowed:
+            raise ConfigError(f"op_options.{op}.{k}", options[k], f"hybrid layers accept: {', '.join(sorted(allowed))}")
+    if options:
+        _validate_static(op, tuple(sorted(options.items())))
+    return dict(options)
+
+
+@functools.lru_cache(maxsize=64)
+def _validate_static(op: str, items: tuple) -> None:
+    """Build a tiny static op once so its own option checks run now, not at the first forward.
+
+    Under ``fork_rng`` so that validating options never shifts the caller's random stream.
+    """
+    with torch.random.fork_rng(devices=[]):
+        create_conv(op, 1, 1, 1, **dict(items))
+
+
+def mf_conv2d(op: str, x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, groups: int, options: dict) -> torch.Tensor:
+    """Functional MF convolution of ``x`` with (already remapped) weight ``w``."""
+    if op == "shift":
+        from nas.ops.shift import shift_weight_q
+
+        return F.conv2d(x, shift_weight_q(w, **options), None, stride, padding, 1, groups)
+    if op == "add":
+        from nas.ops.adder import adder_conv2d
+
+        return adder_conv2d(x, w, None, stride, padding, 1, groups, **options)
+    raise ValueError(op)
+
+
+def mf_linear(op: str, x: torch.Tensor, w: torch.Tensor, options: dict) -> torch.Tensor:
+    if op == "shift":
+        from nas.ops.shift import shift_weight_q
+
+        return F.linear(x, shift_weight_q(w, **options))
+    if op == "add":
+        from nas.ops.adder import adder_linear
+
+        return adder_linear(x, w, None, **options)
+    raise ValueError(op)
+
+
+def _crop(w: torch.Tensor, k: int) -> torch.Tensor:
+    kmax = w.shape[-1]
+    if k == kmax:
+        return w
+    s = (kmax - k) // 2
+    return w[..., s : s + k, s : s + k]
+
+
+def _match_scale(mult_part: torch.Tensor, mf_part: torch.Tensor) -> torch.Tensor:
+    dims = [0] + list(range(2, mult_part.dim()))
+    s_mf = mf_part.detach().std(dim=dims, keepdim=True)
+    s_mult = mult_part.detach().std(dim=dims, keepdim=True).clamp_min(1e-8)
+    return mult_part * (s_mf / s_mult)
+
+
+class HybridConv2d(nn.Module):
+    """Elastic conv (dense, pointwise or depthwise) with an MF channel prefix; see module docstring."""
+
+    def __init__(
+        self,
+        max_in: int,
+        max_out: int,
+        max_kernel: int = 1,
+        stride: int = 1,
+        depthwise: bool = False,
+        bias: bool = False,
+        remap: str = "cdf-fc",
+        op_options: dict | None = None,
+        branch_norm: bool = False,
+    ):
+        super().__init__()
+        if depthwise and max_in != max_out:
+            raise ValueError("a depthwise conv has as many outputs as inputs")
+        self.max_in, self.max_out, self.max_kernel = max_in, max_out, max_kernel
+        self.stride, self.depthwise, self.branch_norm = stride, depthwise, branch_norm
+        self.weight = nn.Parameter(torch.empty(max_out, 1 if depthwise else max_in, max_kernel, max_kernel))
+        self.bias = nn.Parameter(torch.zeros(max_out)) if bias else None
+        # NetAug's advice: kaiming_uniform, fan from the max shape (expand ratios get large)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.remap = Remap(remap, max_kernel)
+        self.op_options = {op: _check_options(op, dict((op_options or {}).get(op, {}))) for op in MF_OPS}
+        self.active_out = max_out
+        self.active_kernel = max_kernel
+        self.mf_op = "mult"
+        self.mf_out = 0
+        self.mf_in = 0
+
+    def extra_repr(self) -> str:
+        kind = "depthwise" if self.depthwise else "dense"
+        return f"{kind}, max {self.max_in}->{self.max_out}, k<={self.max_kernel}, stride={self.stride}"
+
+    def configure(self, out: int, kernel: int | None = None, mf_op: str = "mult", mf_out: int = 0, mf_in: int = 0) -> None:
+        if not 0 < out <= self.max_out:
+            raise ValueError(f"out channels {out} outside 1..{self.max_out}")
+        kernel = self.max_kernel if kernel is None else kernel
+        if kernel > self.max_kernel or kernel % 2 == 0:
+            raise ValueError(f"kernel {kernel} does not fit the stored {self.max_kernel}")
+        self.active_out, self.active_kernel = out, kernel
+        self.mf_op = mf_op if mf_out > 0 else "mult"
+        self.mf_out = min(mf_out, out) if self.mf_op != "mult" else 0
+        self.mf_in = mf_in if self.mf_op != "mult" else 0
+
+    def active_weight(self, cin: int) -> torch.Tensor:
+        w = self.weight[: self.active_out] if self.depthwise else self.weight[: self.active_out, :cin]
+        return _crop(w, self.active_kernel)
+
+    def mf_weight(self) -> torch.Tensor:
+        """``R(W_tt)``: the weight the MF prefix consumes (before power-of-two rounding)."""
+        if self.depthwise:
+            return self.remap(_crop(self.weight[: self.mf_out], self.active_kernel))
+        return self.remap(_crop(self.weight[: self.mf_out, : self.mf_in], self.active_kernel))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cin = x.shape[1]
+        k = self.active_kernel
+        pad = k // 2
+        w = self.active_weight(cin)
+        if self.mf_out == 0:
+            y = F.conv2d(x, w, None, self.stride, pad, 1, cin if self.depthwise else 1)
+        elif self.depthwise:
+            n = self.mf_out
+            opts = self.op_options[self.mf_op]
+            y = mf_conv2d(self.mf_op, x[:, :n], self.mf_weight(), self.stride, pad, n, opts)
+            if self.active_out > n:
+                ya = F.conv2d(x[:, n : self.active_out], w[n:], None, self.stride, pad, 1, self.active_out - n)
+                y = torch.cat([y, ya], 1)
+        else:
+            n, m = self.mf_out, self.mf_in
+            if m > cin:
+                raise ValueError(f"MF prefix of {m} input channels but the input has {cin}")
+            opts = self.op_options[self.mf_op]
+            y = mf_conv2d(self.mf_op, x[:, :m], self.mf_weight(), self.stride, pad, 1, opts)
+            if cin > m:  # target outputs also see the augmented inputs, multiplicatively
+                part = F.conv2d(x[:, m:], w[:n, m:], None, self.stride, pad)
+                y = y + (_match_scale(part, y) if self.branch_norm else part)
+            if self.active_out > n:
+                y = torch.cat([y, F.conv2d(x, w[n:], None, self.stride, pad)], 1)
+        if self.bias is not None:
+            y = y + self.bias[: self.active_out].reshape(1, -1, 1, 1)
+        return y
+
+    @torch.no_grad()
+    def export(self, cin: int) -> nn.Module:
+        """The static layer of the active configuration (whole layer MF, or whole layer mult)."""
+        groups = cin if self.depthwise else 1
+        op = self.mf_op
+        if op != "mult" and (self.mf_out != self.active_out or (not self.depthwise and self.mf_in != cin)):
+            raise ValueError("export needs the target configuration: the MF prefix must cover the whole layer")
+        layer = create_conv(op, cin, self.active_out, self.active_kernel, self.stride, groups, bias=self.bias is not None, **self.op_options.get(op, {}))
+        w = self.active_weight(cin) if op == "mult" else self.mf_weight()
+        if op == "shift":
+            from nas.ops.shift import shift_weight_q
+
+            w = shift_weight_q(w, **self.op_options["shift"])  # stored as powers of two
+        layer.weight.copy_(w)
+        if self.bias is not None:
+            layer.bias.copy_(self.bias[: self.active_out])
+        return layer
+
+
+class HybridLinear(nn.Module):
+    """Elastic linear layer (the classifier); MF only when configured over the whole layer."""
+
+    def __init__(self, max_in: int, max_out: int, bias: bool = True, remap: str = "cdf-fc", op_options: dict | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(max_out, max_in))
+        self.bias = nn.Parameter(torch.zeros(max_out)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1 / math.sqrt(max_in)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+        self.remap = Remap(remap, 1)
+        self.op_options = {op: _check_options(op, dict((op_options or {}).get(op, {}))) for op in MF_OPS}
+        self.mf_op = "mult"
+        self.mf_in = 0
+
+    def configure(self, mf_op: str = "mult", mf_in: int = 0) -> None:
+        """MF over the first ``mf_in`` input features (all outputs), multiplicative over the rest."""
+        self.mf_op = mf_op if mf_in > 0 else "mult"
+        self.mf_in = mf_in if self.mf_op != "mult" else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cin = x.shape[1]
+        w = self.weight[:, :cin]
+        m = self.mf_in
+        if m == 0:
+            y = F.linear(x, w)
+        else:
+            y = mf_linear(self.mf_op, x[:, :m], self.remap(w[:, :m]), self.op_options[self.mf_op])
+            if cin > m:
+                y = y + F.linear(x[:, m:], w[:, m:])
+        return y if self.bias is None else y + self.bias
+
+    @torch.no_grad()
+    def export(self, cin: int) -> nn.Module:
+        op = self.mf_op
+        if op != "mult" and self.mf_in != cin:
+            raise ValueError("export needs the target configuration: the MF prefix must cover the whole layer")
+        layer = create_linear(op, cin, self.weight.shape[0], bias=self.bias is not None, **self.op_options.get(op, {}))
+        w = self.weight[:, :cin]
+        if op != "mult":
+            w = self.remap(w)
+            if op == "shift":
+                from nas.ops.shift import shift_weight_q
+
+                w = shift_weight_q(w, **self.op_options["shift"])
+        layer.weight.copy_(w)
+        if self.bias is not None:
+            layer.bias.copy_(self.bias)
+        return layer

@@ -1,0 +1,428 @@
+"""Shift operators (DeepShift, Elhoushi et al. CVPRW'21): ``ShiftConv2d`` and ``ShiftLinear``.
+
+Every weight is a signed power of two ``s * 2**p``, so a product becomes a bit shift of a
+fixed-point activation plus a sign flip. Training runs ``F.conv2d`` / ``F.linear`` on the rounded
+weights (full convolution speed); ``nas.ops.deploy`` runs the same layer with integer shifts.
+
+``shift_type="Q"`` (DeepShift-Q, default): a real weight ``W`` is stored. In the forward
+  ``|W|`` is clamped to ``[2**lo, 2**hi]`` ("clampabs") and rounded in the log domain,
+  ``W_q = sign(W) * 2**round(log2|W|)`` (``rounding="deterministic"``) or
+  ``2**(floor(log2|W|) + Bernoulli(frac(log2|W|)))`` (``"stochastic"``); the backward is straight
+  through (``dL/dW := dL/dW_q``). Shift range ``[hi - (2**(b-1) - 1), hi]`` for ``weight_bits=b``
+  (``[-15, 0]`` for the default b = 5); the sign is binary (an exactly-zero weight stays zero).
+``shift_type="PS"`` (DeepShift-PS): shift ``P`` and sign ``S`` parameters;
+  ``W = sign(round(S)) * 2**round(clamp(P, lo, hi))`` with a ternary sign, so one code fewer:
+  range ``[hi - (2**(b-1) - 2), hi]`` (``[-14, 0]`` for b = 5). Backward as DeepShift:
+  ``dL/dS = dL/dW`` and ``dL/dP = dL/dW * W * ln 2``.
+``max_shift`` (``hi``, default 0, as DeepShift) moves the range up for weights above 1
+(DeepShift issue #17).
+
+Clampabs is out of place. DeepShift clamps the stored parameter in place at every forward, so the
+saved weights depend on whether a forward ran, and a reload without re-quantising loses accuracy
+(DeepShift issue #19). Here the parameters are only ever changed by the optimiser and the forward
+is a pure function of them: a state_dict saved at any time reloads to bit-identical outputs. The
+price: the straight-through gradient still moves a weight that lies beyond the clamp, which has no
+effect on the output until it comes back inside (weight decay pulls it back).
+
+Stochastic rounding is used in training mode only (eval is deterministic) and draws
+``torch.rand(weight.shape, generator=generator)`` once per forward, so a seeded
+``torch.Generator`` (on the weight's device) makes it reproducible.
+
+Fixed-point activations (off by default; set both ``act_integer_bits`` I and
+``act_fraction_bits`` F): ``x_q = clamp(floor(x * 2**F), -2**(I+F-1), 2**(I+F-1) - 1) * 2**-F``,
+i.e. two's complement with I integer bits (sign included) and F fraction bits, truncating like
+DeepShift's ``round_to_fixed`` (whose upper bound ``2**(I-1) - 1`` we replace by the largest
+representable value). Straight-through backward. The bias is put in the same format, as in
+DeepShift, so that an integer accumulator can add it. In float32 the emulation is exact for
+I + F <= 24.
+
+Counting (``count_ops``): K = (in_channels / groups) * kh * kw terms per output (in_features for the
+linear); ``macs = shifts = K * out_numel``, ``adds = (K - 1) * out_numel`` (+ ``out_numel`` with a
+bias), no multiplications: sign flips are free.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nas.errors import ConfigError
+from nas.ops import _check_choice, _check_int, _conv_config, _conv_terms, _numel, op_counts
+
+__all__ = [
+    "SHIFT_TYPES",
+    "ROUNDINGS",
+    "ShiftConv2d",
+    "ShiftLinear",
+    "shift_range",
+    "shift_weight_q",
+    "shift_weight_ps",
+    "shift_and_sign_q",
+    "shift_and_sign_ps",
+    "fixed_point",
+]
+
+SHIFT_TYPES = ("Q", "PS")
+ROUNDINGS = ("deterministic", "stochastic")
+MAX_WEIGHT_BITS = 8  # 2**-127 is the smallest power of two float32 still holds (as a subnormal)
+_SQRT_HALF = 2.0**-0.5
+_THRESHOLDS: dict = {}
+
+
+def _sqrt_half_threshold(dtype: torch.dtype) -> float:
+    """The smallest value of ``dtype`` above the irrational 2**-0.5, so that ``m < t`` in ``dtype``
+    decides ``m < 2**-0.5`` exactly for every mantissa ``m`` of that dtype."""
+    if dtype not in _THRESHOLDS:
+        t = torch.tensor(_SQRT_HALF, dtype=dtype)
+        if t.double().item() < _SQRT_HALF:  # rounded down (float32): step to the next value up
+            t = torch.nextafter(t, torch.tensor(1.0, dtype=dtype))
+        _THRESHOLDS[dtype] = t.item()
+    return _THRESHOLDS[dtype]
+
+
+# ------------------------------------------------------------------------------------------------
+# Option validation
+
+
+def _check_weight_bits(weight_bits) -> int:
+    return _check_int("weight_bits", weight_bits, 2, MAX_WEIGHT_BITS)
+
+
+def _check_max_shift(max_shift) -> int:
+    return _check_int("max_shift", max_shift, -16, 16)
+
+
+def _check_act_bits(integer_bits, fraction_bits) -> tuple[int | None, int | None]:
+    if integer_bits is None and fraction_bits is None:
+        return None, None
+    if integer_bits is None or fraction_bits is None:
+        field = "act_integer_bits" if integer_bits is None else "act_fraction_bits"
+        raise ConfigError(field, None, "allowed: set act_integer_bits and act_fraction_bits together, or neither")
+    _check_int("act_integer_bits", integer_bits, 1, 32)
+    _check_int("act_fraction_bits", fraction_bits, 0, 31)
+    if integer_bits + fraction_bits > 32:
+        raise ConfigError(
+            "act_fraction_bits",
+            fraction_bits,
+            f"allowed: act_integer_bits + act_fraction_bits <= 32 (integer bits {integer_bits})",
+        )
+    return integer_bits, fraction_bits
+
+
+def _check_generator(generator):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ConfigError("generator", generator, "allowed: a torch.Generator or None")
+    return generator
+
+
+def shift_range(weight_bits: int = 5, shift_type: str = "Q", max_shift: int = 0) -> tuple[int, int]:
+    """The allowed shifts ``(lo, hi)``: 2**(b-1) values for Q (binary sign), one fewer for PS (ternary)."""
+    _check_weight_bits(weight_bits)
+    _check_choice("shift_type", shift_type, SHIFT_TYPES)
+    _check_max_shift(max_shift)
+    levels = 2 ** (weight_bits - 1) - (1 if shift_type == "Q" else 2)
+    return max_shift - levels, max_shift
+
+
+def _uniform(t: torch.Tensor, rounding: str, generator) -> torch.Tensor | None:
+    if rounding == "deterministic":
+        return None
+    return torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Quantisers (autograd Functions compute the rounded value inside forward so that the output is
+# exactly the rounded tensor; ``w + (q - w).detach()`` would not be bit-exact)
+
+
+def _q_shift(weight: torch.Tensor, lo: int, hi: int, u: torch.Tensor | None) -> torch.Tensor:
+    """Integer shifts p of DeepShift-Q (clampabs, then log-domain rounding) as an int32 tensor.
+
+    Few temporaries on purpose: this runs at every training forward of every shift layer.
+    """
+    a = weight.abs().clamp_(2.0**lo, 2.0**hi)  # clampabs on a copy: the parameter is untouched
+    m, e = torch.frexp(a)  # a = m * 2**e with m in [0.5, 1): log2 a = e + log2 m
+    if u is None:
+        # round(log2 a) = e - 1 when log2 m < -1/2, i.e. m < 2**-0.5, else e (exact comparison).
+        e -= (m < _sqrt_half_threshold(m.dtype)).to(e.dtype)
+    else:
+        # floor(log2 a) = e - 1, plus one with probability frac(log2 a) = log2(m) + 1 (0 for powers of two)
+        e -= (u >= torch.log2_(m).add_(1)).to(e.dtype)
+    return e.clamp_(lo, hi)
+
+
+def _ps_shift_sign(shift, sign, lo: int, hi: int, u: torch.Tensor | None):
+    p = shift.clamp(lo, hi)
+    p = torch.round(p) if u is None else torch.floor(p) + (u < p - torch.floor(p)).to(p.dtype)
+    return p.clamp_(lo, hi), torch.sign(torch.round(sign))
+
+
+class _PowerOfTwoQ(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, lo, hi, u):
+        out = torch.exp2_(_q_shift(weight, lo, hi, u).to(weight.dtype))  # exact for integer exponents
+        return out.mul_(torch.sign(weight))  # sign(0) = 0: an exactly-zero weight stays zero
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None  # straight through
+
+
+class _PowerOfTwoPS(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, shift, sign, lo, hi, u):
+        p, s = _ps_shift_sign(shift, sign, lo, hi, u)
+        w = s * torch.exp2(p)
+        ctx.save_for_backward(w)
+        return w
+
+    @staticmethod
+    def backward(ctx, grad):
+        (w,) = ctx.saved_tensors
+        return grad * w * math.log(2.0), grad, None, None, None
+
+
+class _FixedPoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, integer_bits, fraction_bits):
+        return _fixed_point_grid(x, integer_bits, fraction_bits) * 2.0**-fraction_bits
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None  # straight through
+
+
+def _fixed_point_grid(x: torch.Tensor, integer_bits: int, fraction_bits: int) -> torch.Tensor:
+    """``x`` in units of 2**-F: integer-valued, in x's dtype (exactly representable, see module doc)."""
+    top = 2 ** (integer_bits + fraction_bits - 1)
+    return torch.floor(x * 2.0**fraction_bits).clamp_(-top, top - 1)
+
+
+def shift_weight_q(
+    weight: torch.Tensor,
+    weight_bits: int = 5,
+    rounding: str = "deterministic",
+    generator: torch.Generator | None = None,
+    max_shift: int = 0,
+) -> torch.Tensor:
+    """DeepShift-Q: ``weight`` rounded to ``sign * 2**p`` (p in ``shift_range``), straight-through gradient.
+
+    Usable with ``F.conv2d`` / ``F.linear``; the gradient flows unchanged into whatever ``weight``
+    was computed from (e.g. a remapped slice of a shared tensor).
+    """
+    lo, hi = shift_range(weight_bits, "Q", max_shift)
+    _check_choice("rounding", rounding, ROUNDINGS)
+    return _PowerOfTwoQ.apply(weight, lo, hi, _uniform(weight, rounding, _check_generator(generator)))
+
+
+def shift_weight_ps(
+    shift: torch.Tensor,
+    sign: torch.Tensor,
+    weight_bits: int = 5,
+    rounding: str = "deterministic",
+    generator: torch.Generator | None = None,
+    max_shift: int = 0,
+) -> torch.Tensor:
+    """DeepShift-PS weight ``sign(round(sign)) * 2**round(clamp(shift))`` with DeepShift's gradients."""
+    lo, hi = shift_range(weight_bits, "PS", max_shift)
+    _check_choice("rounding", rounding, ROUNDINGS)
+    return _PowerOfTwoPS.apply(shift, sign, lo, hi, _uniform(shift, rounding, _check_generator(generator)))
+
+
+def fixed_point(x: torch.Tensor, integer_bits: int, fraction_bits: int) -> torch.Tensor:
+    """``x`` truncated to two's complement fixed point (I integer bits incl. sign, F fraction bits), STE."""
+    _check_act_bits(integer_bits, fraction_bits)
+    return _FixedPoint.apply(x, integer_bits, fraction_bits)
+
+
+@torch.no_grad()
+def shift_and_sign_q(weight: torch.Tensor, weight_bits: int = 5, max_shift: int = 0):
+    """Deterministic DeepShift-Q encoding of ``weight``: (shift int64, sign int64 in {-1, 0, 1})."""
+    lo, hi = shift_range(weight_bits, "Q", max_shift)
+    return _q_shift(weight, lo, hi, None).long(), torch.sign(weight).long()
+
+
+@torch.no_grad()
+def shift_and_sign_ps(shift: torch.Tensor, sign: torch.Tensor, weight_bits: int = 5, max_shift: int = 0):
+    """Deterministic DeepShift-PS encoding: (shift int64, sign int64 in {-1, 0, 1})."""
+    lo, hi = shift_range(weight_bits, "PS", max_shift)
+    p, s = _ps_shift_sign(shift, sign, lo, hi, None)
+    return p.long(), s.long()
+
+
+# ------------------------------------------------------------------------------------------------
+# Modules
+
+
+class _ShiftMixin:
+    """Options, parameters and quantisation shared by ShiftConv2d and ShiftLinear."""
+
+    def _init_shift(
+        self, shape, bias, factory, *, shift_type, weight_bits, rounding, act_integer_bits, act_fraction_bits,
+        max_shift, generator,
+    ) -> None:  # fmt: skip
+        self.shift_type = _check_choice("shift_type", shift_type, SHIFT_TYPES)
+        self.weight_bits = _check_weight_bits(weight_bits)
+        self.rounding = _check_choice("rounding", rounding, ROUNDINGS)
+        self.act_integer_bits, self.act_fraction_bits = _check_act_bits(act_integer_bits, act_fraction_bits)
+        self.max_shift = _check_max_shift(max_shift)
+        self.generator = _check_generator(generator)  # not state: a Generator is not saved
+        self.shift_bounds = shift_range(self.weight_bits, self.shift_type, self.max_shift)
+        if self.shift_type == "Q":
+            self.weight = nn.Parameter(torch.empty(shape, **factory))
+        else:
+            self.shift = nn.Parameter(torch.empty(shape, **factory))
+            self.sign = nn.Parameter(torch.empty(shape, **factory))
+        self.bias = nn.Parameter(torch.empty(shape[0], **factory)) if bias else None
+
+    def reset_parameters(self) -> None:
+        fan_in = _numel(self._weight_shape[1:])
+        if self.shift_type == "Q":
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d / nn.Linear init
+        else:
+            # DeepShift-PS: shifts ~ U(-10, -1) (relative to max_shift, inside the range), signs ~ U(-1, 1).
+            lo, hi = self.shift_bounds
+            a = max(lo, hi - 10)
+            nn.init.uniform_(self.shift, a, max(a, hi - 1))
+            nn.init.uniform_(self.sign, -1.0, 1.0)
+        if self.bias is not None:
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def fixed_point_activations(self) -> bool:
+        return self.act_fraction_bits is not None
+
+    def effective_weight(self) -> torch.Tensor:
+        """The power-of-two weight used by the forward (differentiable; stochastic only in training)."""
+        rounding = self.rounding if self.training else "deterministic"
+        if self.shift_type == "Q":
+            return shift_weight_q(self.weight, self.weight_bits, rounding, self.generator, self.max_shift)
+        return shift_weight_ps(self.shift, self.sign, self.weight_bits, rounding, self.generator, self.max_shift)
+
+    def shift_and_sign(self):
+        """Deterministic (shift, sign) int64 tensors, what a shift accelerator stores."""
+        if self.shift_type == "Q":
+            return shift_and_sign_q(self.weight, self.weight_bits, self.max_shift)
+        return shift_and_sign_ps(self.shift, self.sign, self.weight_bits, self.max_shift)
+
+    def _quantise_io(self, x):
+        if not self.fixed_point_activations:
+            return x, self.bias
+        i, f = self.act_integer_bits, self.act_fraction_bits
+        bias = None if self.bias is None else fixed_point(self.bias, i, f)
+        return fixed_point(x, i, f), bias
+
+    def _shift_repr(self) -> str:
+        s = f", shift_type={self.shift_type}, weight_bits={self.weight_bits}, rounding={self.rounding}"
+        if self.max_shift:
+            s += f", max_shift={self.max_shift}"
+        if self.fixed_point_activations:
+            s += f", act_bits=({self.act_integer_bits}, {self.act_fraction_bits})"
+        return s
+
+
+class ShiftConv2d(_ShiftMixin, nn.Module):
+    """Shift convolution with the ``nn.Conv2d`` signature plus DeepShift options (module docstring)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        shift_type: str = "Q",
+        weight_bits: int = 5,
+        rounding: str = "deterministic",
+        act_integer_bits: int | None = None,
+        act_fraction_bits: int | None = None,
+        max_shift: int = 0,
+        generator: torch.Generator | None = None,
+    ):
+        nn.Module.__init__(self)
+        ks, st, pd, dl = _conv_config(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode
+        )
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.padding, self.dilation = ks, st, pd, dl
+        self.padding_mode = padding_mode
+        self._weight_shape = (out_channels, in_channels // groups, *ks)
+        self._init_shift(
+            self._weight_shape, bias, {"device": device, "dtype": dtype}, shift_type=shift_type,
+            weight_bits=weight_bits, rounding=rounding, act_integer_bits=act_integer_bits,
+            act_fraction_bits=act_fraction_bits, max_shift=max_shift, generator=generator,
+        )  # fmt: skip
+        self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, bias = self._quantise_io(x)
+        return F.conv2d(x, self.effective_weight(), bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def count_ops(self, out_shape) -> dict[str, int]:
+        k = _conv_terms(self.in_channels, self.groups, self.kernel_size)
+        return op_counts("shift", k, _numel(out_shape), self.bias is not None)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s + self._shift_repr()
+
+
+class ShiftLinear(_ShiftMixin, nn.Module):
+    """Shift fully connected layer with the ``nn.Linear`` signature plus DeepShift options."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        shift_type: str = "Q",
+        weight_bits: int = 5,
+        rounding: str = "deterministic",
+        act_integer_bits: int | None = None,
+        act_fraction_bits: int | None = None,
+        max_shift: int = 0,
+        generator: torch.Generator | None = None,
+    ):
+        nn.Module.__init__(self)
+        self.in_features = _check_int("in_features", in_features, 1)
+        self.out_features = _check_int("out_features", out_features, 1)
+        self._weight_shape = (out_features, in_features)
+        self._init_shift(
+            self._weight_shape, bias, {"device": device, "dtype": dtype}, shift_type=shift_type,
+            weight_bits=weight_bits, rounding=rounding, act_integer_bits=act_integer_bits,
+            act_fraction_bits=act_fraction_bits, max_shift=max_shift, generator=generator,
+        )  # fmt: skip
+        self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, bias = self._quantise_io(x)
+        return F.linear(x, self.effective_weight(), bias)
+
+    def count_ops(self, out_shape) -> dict[str, int]:
+        return op_counts("shift", self.in_features, _numel(out_shape), self.bias is not None)
+
+    def extra_repr(self) -> str:
+        s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return s + self._shift_repr()

@@ -1,0 +1,192 @@
+"""Hybrid layers and the DynamicNet: MF prefix semantics, weight sharing, export equality."""
+
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nas.models import zoo_arch
+from nas.ops.adder import AdderConv2d, adder_conv2d
+from nas.ops.hybrid import HybridConv2d
+from nas.ops.shift import ShiftConv2d, shift_weight_q
+from nas.space import SearchSpace
+from nas.supernet.net import DynamicBatchNorm2d, DynamicNet, sort_channels
+from nas.train.augment import Augmenter, subnet_for
+from nas.train.bn import reset_bn
+
+
+def _mf(op, x, w, stride, pad, groups):
+    if op == "shift":
+        return F.conv2d(x, shift_weight_q(w), None, stride, pad, 1, groups)
+    return adder_conv2d(x, w, None, stride, pad, 1, groups, eta=None)
+
+
+@pytest.mark.parametrize("op", ["shift", "add"])
+@pytest.mark.parametrize("remap", ["none", "cdf", "cdf-fc"])
+def test_dense_hybrid_matches_formula(op, remap):
+    torch.manual_seed(0)
+    conv = HybridConv2d(12, 10, 5, stride=2, remap=remap, op_options={"add": {"eta": None}})
+    conv.configure(out=8, kernel=3, mf_op=op, mf_out=5, mf_in=4)
+    x = torch.randn(2, 9, 11, 11)
+    w = conv.weight[:8, :9, 1:4, 1:4]
+    wt = conv.remap(w[:5, :4])
+    yt = _mf(op, x[:, :4], wt, 2, 1, 1) + F.conv2d(x[:, 4:], w[:5, 4:], None, 2, 1)
+    ya = F.conv2d(x, w[5:], None, 2, 1)
+    assert torch.allclose(conv(x), torch.cat([yt, ya], 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["shift", "add"])
+def test_depthwise_hybrid_matches_formula(op):
+    torch.manual_seed(1)
+    conv = HybridConv2d(16, 16, 7, depthwise=True, op_options={"add": {"eta": None}})
+    conv.configure(out=12, kernel=5, mf_op=op, mf_out=6, mf_in=6)
+    x = torch.randn(2, 12, 9, 9)
+    w = conv.weight[:12, :, 1:6, 1:6]
+    yt = _mf(op, x[:, :6], conv.remap(w[:6]), 1, 2, 6)
+    ya = F.conv2d(x[:, 6:], w[6:], None, 1, 2, 1, 6)
+    assert torch.allclose(conv(x), torch.cat([yt, ya], 1), atol=1e-5)
+
+
+def test_mult_configuration_is_a_sliced_conv():
+    conv = HybridConv2d(8, 8, 3)
+    conv.configure(out=5)
+    x = torch.randn(1, 6, 7, 7)
+    assert torch.equal(conv(x), F.conv2d(x, conv.weight[:5, :6], None, 1, 1))
+
+
+@pytest.mark.parametrize("op", ["shift", "add"])
+def test_shared_weight_gets_gradients_from_both_branches(op):
+    conv = HybridConv2d(6, 6, 3, remap="cdf-fc")
+    conv.configure(out=6, mf_op=op, mf_out=3, mf_in=3)
+    conv(torch.randn(2, 6, 5, 5)).square().sum().backward()
+    g = conv.weight.grad
+    assert g[:3, :3].abs().sum() > 0  # through the remap into the MF prefix
+    assert g[:3, 3:].abs().sum() > 0 and g[3:].abs().sum() > 0  # multiplicative parts
+    assert conv.remap.fc.grad.abs().sum() > 0
+    names = dict(conv.named_parameters())
+    assert {"weight", "remap.fc"} <= set(names) and {"weight", "remap.fc"} <= set(conv.state_dict())
+
+
+def test_branch_norm_rescales_only_the_mult_partial_sum():
+    torch.manual_seed(3)
+    conv = HybridConv2d(8, 4, 1, branch_norm=True, op_options={"add": {"eta": None}})
+    conv.configure(out=4, mf_op="add", mf_out=4, mf_in=4)
+    x = torch.randn(16, 8, 4, 4)
+    y = conv(x)
+    mf = adder_conv2d(x[:, :4], conv.remap(conv.weight[:, :4]), eta=None)
+    part = F.conv2d(x[:, 4:], conv.weight[:, 4:])
+    scale = mf.std(dim=(0, 2, 3), keepdim=True) / part.std(dim=(0, 2, 3), keepdim=True)
+    assert torch.allclose(y, mf + part * scale, rtol=1e-4, atol=1e-3)
+    # the target pass (no augmented inputs) is untouched by branch_norm
+    assert torch.equal(conv(x[:, :4]), mf)
+
+
+def test_dynamic_bn_updates_only_active_channels():
+    bn = DynamicBatchNorm2d(8)
+    bn(torch.randn(4, 5, 3, 3) + 3)
+    assert (bn.running_mean[:5] > 0.1).all() and (bn.running_mean[5:] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_space():
+    return SearchSpace.load("tiny")
+
+
+def test_subnets_of_the_space_export_exactly(tiny_space):
+    torch.manual_seed(0)
+    net = DynamicNet(tiny_space.max_arch())
+    x = torch.randn(4, 3, 32, 32)
+    net.train()
+    net(x)
+    rng = random.Random(0)
+    for _ in range(6):
+        for op in ("mult", "shift", "add"):
+            arch = tiny_space.sample(rng).with_ops(op)
+            net.set_active_subnet(arch)
+            reset_bn(net, [(x, None)])
+            net.eval()
+            static = net.get_active_subnet().eval()
+            assert torch.allclose(net(x), static(x), atol=1e-5)
+            net.train()
+
+
+@pytest.mark.parametrize("op", ["shift", "add"])
+@pytest.mark.parametrize("name", ["mbv2-w0.35", "mbv3-w0.35"])
+def test_trained_hybrid_target_exports_exactly_and_mf_only(name, op):
+    torch.manual_seed(0)
+    target = zoo_arch(name, op, 32, 10)
+    sub, tb = subnet_for(target, 1)
+    aug = Augmenter(target, tb, sub)
+    net = DynamicNet(aug.max_arch)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    rng = random.Random(0)
+    for step in range(2):  # a couple of real two-pass steps so weights and BN move
+        net.set_active_subnet(target, tb)
+        F.cross_entropy(net(x), y).backward()
+        a, b = aug.sample(rng, step / 2)
+        net.set_active_subnet(a, b, target=target, target_blocks=tb)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    net.set_active_subnet(target, tb)
+    reset_bn(net, [(x, None)])
+    net.eval()
+    static = net.get_active_subnet().eval()
+    assert torch.allclose(net(x), static(x), atol=1e-5)
+    plain = [n for n, m in static.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    if op == "shift":
+        assert plain == ["classifier"]
+    else:  # Add models keep depthwise (and SE) convs and the classifier multiplicative
+        assert all(n == "classifier" or n.endswith("dw.conv") or ".se." in n for n in plain)
+        assert any(isinstance(m, AdderConv2d) for m in static.modules())
+    if op == "shift":
+        w = static.stem.conv.weight.abs()
+        nz = w[w > 0]
+        assert torch.equal(torch.log2(nz), torch.log2(nz).round())  # stored as powers of two
+        assert isinstance(static.stem.conv, ShiftConv2d)
+
+
+def test_target_block_subset_skips_augmented_depth():
+    target = zoo_arch("mcunet", "shift", 32, 10)
+    sub, tb = subnet_for(target, 2)
+    net = DynamicNet(sub)
+    net.set_active_subnet(target, tb)
+    net.eval()
+    x = torch.randn(2, 3, 32, 32)
+    static = net.get_active_subnet().eval()
+    assert torch.allclose(net(x), static(x), atol=1e-5)
+    assert sum(target.depths) + 2 * len(target.stages) == sum(sub.depths)
+    with pytest.raises(ValueError, match="must start at 0"):
+        net.set_active_subnet(target, [[1]] + tb[1:])
+
+
+def test_sort_channels_keeps_the_function_and_orders_importance(tiny_space):
+    torch.manual_seed(0)
+    net = DynamicNet(tiny_space.max_arch()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = net(x)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net.train()
+    net(x).sum().backward()
+    opt.step()
+    net.eval()
+    before = net(x)
+    mom = opt.state[net.stages[1][0].project.conv.weight]["momentum_buffer"].clone()
+    sort_channels(net, opt)
+    assert torch.allclose(net(x), before, atol=1e-5)
+    imp = net.stages[1][0].project.conv.weight.abs().sum(dim=(0, 2, 3))
+    assert (imp.diff() <= 1e-6).all()
+    after = opt.state[net.stages[1][0].project.conv.weight]["momentum_buffer"]
+    assert torch.allclose(after.abs().sum(), mom.abs().sum())  # permuted, not reset
+
+
+def test_sort_channels_with_se_blocks():
+    torch.manual_seed(0)
+    net = DynamicNet(zoo_arch("mbv3-w0.35", "mult", 32, 10)).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    before = net(x)
+    sort_channels(net)
+    assert torch.allclose(net(x), before, atol=1e-10)

@@ -1,0 +1,109 @@
+"""ShiftAddAug training: schedules, augmented networks, a real run, exact resume, export."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from nas.errors import ConfigError
+from nas.export import load_exported
+from nas.models import zoo_arch
+from nas.train.augment import Augmenter, AugSpec, MutationSchedule, subnet_for
+from nas.train.trainer import TrainConfig, Trainer, cosine_lr, resume_trainer
+
+
+def small_cfg(**kw):
+    base = dict(model="mbv2-tiny", op="shift", aug="shiftaddaug", epochs=2, batch_size=32, max_train_images=96,
+                bn_images=64, width_mults=(1.0, 1.5), expand_mults=(1.0, 1.5), aug_depth=1, lr=0.05, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert cosine_lr(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert cosine_lr(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert cosine_lr(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert cosine_lr(100, 100, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mutation_schedule_converts_from_the_input_side():
+    t = zoo_arch("mcunet", "add", 32, 10)
+    m = MutationSchedule(t, 0.5)
+    n = len(m.units)
+    assert m.converted(0.0) == 1 and m.converted(0.5) == n and m.converted(0.9) == n
+    mid = m.target_at(0.25)
+    assert mid.stem.op == "add" and mid.classifier.op == "mult"
+    ops = [b.op for _, _, b in mid.blocks()]
+    k = ops.index("mult")
+    assert all(o == "add" for o in ops[:k]) and all(o == "mult" for o in ops[k:])
+    assert m.target_at(0.5) == t and MutationSchedule(t, 0.0).target_at(0.0) == t
+
+
+def test_augmented_networks_contain_the_target():
+    t = zoo_arch("mbv3-w0.35", "shift", 32, 10)
+    sub, tb = subnet_for(t, 1)
+    aug = Augmenter(t, tb, sub, AugSpec(stop_width=0.5))
+    rng = random.Random(0)
+    widths = set()
+    for p in (0.0, 0.1, 0.2, 0.3, 0.6, 0.9):
+        a, blocks = aug.sample(rng, p)
+        for i, (st, tst) in enumerate(zip(a.stages, t.stages)):
+            assert set(tb[i]) <= set(blocks[i])
+            assert st.blocks[0].out_channels >= tst.blocks[0].out_channels
+        if p >= 0.5:  # width augmentation stopped: stage widths are the SubNet's
+            assert [s.blocks[0].out_channels for s in a.stages] == [s.blocks[0].out_channels for s in sub.stages]
+        widths.add(a.stages[2].blocks[0].out_channels)
+    assert len(widths) > 1
+    # at the end of training (depth decay) the extra blocks are gone
+    _, blocks = aug.sample(rng, 1.0)
+    assert blocks == tb
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(aug="mixup"), "aug"), (dict(op="mul"), "op"), (dict(remap="x"), "remap"), (dict(epochs=0), "epochs"),
+    (dict(width_mults=(0.5,)), "aug.width_mults"), (dict(hybrid="both"), "hybrid"), (dict(mutation=1.0), "mutation"),
+])
+def test_config_errors(bad, field):
+    with pytest.raises(ConfigError, match=f"^{field}: got"):
+        small_cfg(**bad).validate()
+
+
+def test_run_writes_everything_and_resumes_exactly(tmp_path):
+    straight = Trainer(small_cfg(), tmp_path / "a", progress=False)
+    summary = straight.fit()
+    assert (tmp_path / "a" / "target" / "arch.json").is_file()
+    for name in ("config.json", "checkpoint.pt", "metrics.csv", "summary.json", "curves.png"):
+        assert (tmp_path / "a" / name).is_file()
+    assert summary["export"]["max_abs_logit_diff"] < 1e-5
+    assert len((tmp_path / "a" / "metrics.csv").read_text().strip().splitlines()) == 3
+
+    first = Trainer(small_cfg(), tmp_path / "b", progress=False)
+    first.fit(until_epoch=1)  # as if killed after the first epoch's checkpoint
+    resumed = resume_trainer(tmp_path / "b", progress=False)
+    assert resumed.epoch == 1
+    summary_b = resumed.fit()
+    for (n, p), q in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(p, q), n
+    assert summary_b["test_acc"] == summary["test_acc"]
+
+    model = load_exported(tmp_path / "a" / "target")
+    meta = json.loads((tmp_path / "a" / "target" / "meta.json").read_text())
+    assert meta["multiplicative_layers"] == ["classifier"] and meta["bn_recalibrated"]
+    x = torch.randn(2, 3, 32, 32)
+    straight.net.set_active_subnet(straight.target, straight.target_blocks)
+    straight.net.eval()
+    assert torch.allclose(model(x), straight.net(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("aug, op, remap", [("none", "add", "none"), ("netaug", "shift", "cdf"), ("shiftaddaug", "add", "pwl-kl"), ("netaug", "mult", "none")])
+def test_recipes_run(tmp_path, aug, op, remap):
+    cfg = small_cfg(aug=aug, op=op, remap=remap, epochs=1, max_train_images=64, hybrid="mult" if op == "mult" else "mf")
+    s = Trainer(cfg, tmp_path, progress=False).fit()
+    assert 0 <= s["test_acc"] <= 100 and s["export"]["max_abs_logit_diff"] < 1e-4
+
+
+def test_resume_needs_a_run_dir(tmp_path):
+    with pytest.raises(ConfigError, match="--resume"):
+        resume_trainer(tmp_path / "nothing")
