@@ -330,3 +330,174 @@ def _lut_price(args: argparse.Namespace) -> int:
     tot = "  ".join(f"{c} {res.total(c):.6g}" for c in unit_cols)
     print(f"total: {tot}" + (f"  ({len(res.computed)} layers computed and added)" if res.computed else ""))
     return 0
+
+
+def default_run_dir(name: str) -> "Path":
+    """``runs/<timestamp>-<name>`` next to the package (the toolkit runs from a checkout)."""
+    import time
+    from pathlib import Path
+
+    from nas.paths import RUNS
+
+    return Path(RUNS) / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@_friendly
+def train_main(argv: Sequence[str] | None = None) -> int:
+    from nas.data import DATASETS
+    from nas.ops.remap import REMAP_KINDS
+    from nas.train.trainer import AUG_KINDS, TrainConfig, Trainer, resume_trainer
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="shiftaddaug-train",
+        description="Train a multiplication-free TargetNet, directly or with augmentation (NetAug / ShiftAddAug), "
+        "and export it. A run directory gets config.json, a checkpoint every epoch, metrics.csv, curves.png, "
+        "summary.json and target/ (arch.json, weights.pt, cost.json, meta.json).",
+        epilog="examples:\n"
+        "  shiftaddaug-train --model mbv2-tiny --op shift --aug shiftaddaug --epochs 10\n"
+        "  shiftaddaug-train --model mcunet --op add --aug none --dataset cifar10 --data-root ~/data/cifar-10-batches-py\n"
+        "  shiftaddaug-train --resume runs/20261127-120000-train-mbv2-tiny-shift-shiftaddaug",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group()
+    from nas.models.zoo import list_zoo
+
+    src.add_argument("--model", metavar="NAME", help=f"a zoo model: {', '.join(list_zoo())}")
+    src.add_argument("--arch", metavar="FILE", help="an Arch JSON file or OFA / MCUNet net.config")
+    src.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its directory")
+    p.add_argument("--op", choices=("shift", "add", "mult"), default=d.op, help=f"operator of the TargetNet (default {d.op})")
+    p.add_argument("--aug", choices=AUG_KINDS, default=d.aug,
+                   help="none: direct training; netaug: augmented part with the target's operator; "
+                   f"shiftaddaug: multiplicative augmented part + block mutation (default {d.aug})")
+    p.add_argument("--remap", choices=REMAP_KINDS, default=d.remap, help=f"weight remapping into the MF domain (default {d.remap})")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset,
+                   help="; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
+    p.add_argument("--data-root", metavar="PATH", help="dataset location (CIFAR python folder or image folder)")
+    p.add_argument("--resolution", type=int, metavar="R", help="input resolution (default 32)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate, cosine schedule with warm-up (default {d.lr})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--aug-depth", type=int, default=d.aug_depth, help="extra blocks per stage that only the augmented pass runs")
+    p.add_argument("--width-mults", type=_floats, default=d.width_mults, metavar="A,B,..", help="width augmentation factors (NetAug: 1.0,1.8,2.6)")
+    p.add_argument("--expand-mults", type=_floats, default=d.expand_mults, metavar="A,B,..", help="expand augmentation factors (NetAug: 1.0,1.6,2.2,2.8)")
+    p.add_argument("--hybrid", choices=("mf", "mult"), default=d.hybrid, help="target channels of the augmented pass computed with MF (hybrid, default) or multiplication")
+    p.add_argument("--branch-norm", action="store_true", help="rescale the multiplicative partial sums of target channels to the MF ones")
+    p.add_argument("--mutation", type=float, metavar="F", help="fraction of training over which target layers turn MF (default: 1/3 with shiftaddaug, else 0)")
+    p.add_argument("--eta", type=float, default=d.eta, help=f"AdderNet adaptive gradient scale for add layers, 0 = off (default {d.eta})")
+    p.add_argument("--weight-bits", type=int, default=d.weight_bits, help=f"shift weight bits (default {d.weight_bits})")
+    p.add_argument("--workers", type=int, default=d.workers, help="data loader workers (image folders)")
+    p.add_argument("--max-train-images", type=int, metavar="N", help="train on the first N images of the training split")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-train-<model>-<op>-<aug>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.resume:
+        trainer = resume_trainer(args.resume, progress=not args.quiet)
+        print(f"resuming {args.resume} at epoch {trainer.epoch}/{trainer.cfg.epochs}")
+    else:
+        if not (args.model or args.arch):
+            raise ConfigError("--model", None, "give --model NAME, --arch FILE or --resume DIR")
+        cfg = TrainConfig(
+            model=args.model, arch=args.arch, op=args.op, resolution=args.resolution, aug=args.aug, remap=args.remap,
+            hybrid=args.hybrid, branch_norm=args.branch_norm, aug_depth=args.aug_depth, width_mults=args.width_mults,
+            expand_mults=args.expand_mults, mutation=args.mutation, eta=args.eta or None, weight_bits=args.weight_bits,
+            dataset=args.dataset, data_root=args.data_root, batch_size=args.batch_size, workers=args.workers,
+            max_train_images=args.max_train_images, epochs=args.epochs, lr=args.lr, seed=args.seed,
+        ).validate()
+        name = f"train-{args.model or __import__('pathlib').Path(args.arch).stem}-{args.op}-{args.aug}"
+        out = args.out or default_run_dir(name)
+        trainer = Trainer(cfg, out, progress=not args.quiet)
+    s = trainer.fit()
+    print()
+    print(f"run directory   {trainer.out}")
+    print(f"TargetNet       {s['target']} ({s['op']}, trained with aug={s['aug']}, remap={s['remap']}, {s['epochs']} epochs)")
+    print(f"accuracy        val {s['val_acc']:.2f}%   test {s['test_acc']:.2f}%")
+    ex = s["export"]
+    cost = f"{ex['macs'] / 1e6:.2f}M MACs" + (f", {ex['energy_mJ']:.4f} mJ" if "energy_mJ" in ex else "")
+    print(f"exported        {ex['dir']}  ({cost}; max |logit diff| vs trained model {ex['max_abs_logit_diff']:.1e})")
+    print(f"time            {s['train_time_s']:.0f}s")
+    return 0
+
+
+@_friendly
+def search_main(argv: Sequence[str] | None = None) -> int:
+    from nas.data import DATASETS
+    from nas.search.pipeline import PRESETS, SearchConfig, SearchRun
+
+    d = SearchConfig()
+    p = argparse.ArgumentParser(
+        prog="shiftaddaug-search",
+        description="Find a multiplication-free TargetNet under an energy or latency budget and train it with "
+        "ShiftAddAug: hybrid supernet -> stage one (evolution, depth-augmented SubNet) -> stage two (Optuna, "
+        "TargetNet cut from the SubNet, priced from a lookup table) -> ShiftAddAug training -> export. "
+        "Everything lands in one run directory; --resume continues a killed run.",
+        epilog="examples:\n"
+        "  shiftaddaug-search                               # the default job: quick preset, bundled data\n"
+        "  shiftaddaug-search --budget 0.015mJ --op add\n"
+        "  shiftaddaug-search --budget 20mJ --preset paper --dataset cifar100 --data-root ~/data/cifar-100-python\n"
+        "  shiftaddaug-search --resume runs/20261127-130000-search-shift-0.02mJ",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--budget", default=d.budget, help=f"energy (mJ, uJ, J) or latency (ms, us, s) budget of the TargetNet, e.g. 20mJ, 300uJ, 5ms (default {d.budget})")
+    p.add_argument("--op", choices=("shift", "add"), default=d.op, help=f"multiplication-free operator of the TargetNet (default {d.op})")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset,
+                   help="quick: minutes on a laptop CPU with the bundled data; paper: the paper's scale (CIFAR-100 at 160, GPU-days)")
+    p.add_argument("--space", help="search space YAML file or shipped name (default: the preset's: tiny / paper160)")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset, help="; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
+    p.add_argument("--data-root", metavar="PATH", help="dataset location (CIFAR python folder or image folder)")
+    p.add_argument("--hardware", metavar="NAME|FILE", help="hardware model of the energy / latency price list (default eyeriss-45nm)")
+    p.add_argument("--bits", type=int, choices=(32, 16, 8), default=d.bits, help="operand width of the energy model (default 32)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-search-<op>-<budget>)")
+    p.add_argument("--resume", metavar="DIR", help="continue a killed run from its directory (other options are ignored)")
+    p.add_argument("--ray-address", metavar="local|auto|HOST:PORT", help="run the search on a Ray cluster (needs the ray extra)")
+    g = p.add_argument_group("overrides of the preset")
+    for name, help_ in (("supernet-epochs", "epochs of supernet training"), ("population", "stage-one population"),
+                        ("generations", "stage-one generations"), ("trials", "stage-two Optuna trials"),
+                        ("final-epochs", "epochs of ShiftAddAug training"), ("batch-size", "batch size"),
+                        ("max-train-images", "train on the first N images"), ("eval-images", "validation images per evaluation")):
+        g.add_argument(f"--{name}", type=int, help=help_)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.resume:
+        run = SearchRun.resume(args.resume, progress=not args.quiet)
+        print(f"resuming {args.resume}; finished steps: {', '.join(run.state['done']) or 'none'}")
+    else:
+        cfg = SearchConfig(budget=args.budget, op=args.op, preset=args.preset, space=args.space, dataset=args.dataset,
+                           data_root=args.data_root, hardware=args.hardware, bits=args.bits, seed=args.seed,
+                           ray_address=args.ray_address,
+                           **{k: getattr(args, k) for k in ("supernet_epochs", "population", "generations", "trials", "final_epochs",
+                                                             "batch_size", "max_train_images", "eval_images")})
+        if args.ray_address:
+            from nas.search.ray_adapter import check_ray
+
+            check_ray()
+        run = SearchRun(cfg, args.out or default_run_dir(f"search-{args.op}-{args.budget.replace(' ', '')}"), progress=not args.quiet)
+    s = run.run()
+    print()
+    print(_search_table(run, s))
+    return 0
+
+
+def _search_table(run, s: dict) -> str:
+    rows = [
+        ("run directory", str(run.out)),
+        ("budget", f"{s['budget']}" + ("" if s["budget_binding"] else f"  (does not bind: the largest network costs {s['space_cost_range'][1]:.4g})")),
+        ("TargetNet cost", f"{s['energy_mJ']:.4g} mJ, {s['latency_ms']:.4g} ms  ({'meets' if s['meets_budget'] else 'MISSES'} the budget)"),
+        ("TargetNet size", f"{s['macs'] / 1e6:.3f} M MACs, {s['params'] / 1e6:.4f} M params, operator {s['op']}"),
+        ("accuracy", f"test {s['accuracy']['test']:.2f}%  val {s['accuracy']['val']:.2f}%  (supernet estimate {s['accuracy']['supernet_estimate']:.2f}%)"),
+        ("SubNet", f"x{s['subnet']['multiple']} budget, {s['subnet']['cost']:.4g}, supernet accuracy {s['subnet']['supernet_accuracy']:.2f}%"),
+        ("exported", s["paths"]["arch"].rsplit("/", 1)[0] + "/  (arch.json, weights.pt, cost.json)"),
+        ("report", f"{s['paths']['report']}, {s['paths']['pareto']}"),
+        ("wall time", f"{s['time_s']:.0f} s"),
+    ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

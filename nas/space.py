@@ -412,3 +412,83 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
             raise ConfigError(f"{where}.stages[{i}].stride", 2, f"the feature map is already {size}x{size} at resolution {res}")
         size = conv_out_size(size, 3, s.stride)
     return space
+
+
+class TargetSpace:
+    """The TargetNets that can be cut out of a SubNet (NAS stage two, method.md section 6).
+
+    A TargetNet keeps each stage's first block of the SubNet and any subset of its other blocks
+    (the genes ``s{i}_b{j}_keep``), and may narrow every width and expand ratio to a choice of the
+    space no larger than the SubNet's. Kernels are the SubNet's, so one stored weight serves both.
+    ``decode`` returns the multiplicative TargetNet and its block indices inside the SubNet.
+    """
+
+    def __init__(self, space: SearchSpace, subnet: Arch):
+        space.validate(subnet)
+        self.space, self.subnet = space, subnet
+        g: dict[str, tuple] = {"stem_out": tuple(c for c in space.stem.out_channels if c <= subnet.stem.out_channels)}
+        for i, (sc, st) in enumerate(zip(space.stages, subnet.stages)):
+            g[f"s{i}_out"] = tuple(c for c in sc.out_channels if c <= st.blocks[0].out_channels)
+            for j, b in enumerate(st.blocks):
+                if j > 0:
+                    g[f"s{i}_b{j}_keep"] = (0, 1)
+                g[f"s{i}_b{j}_e"] = tuple(e for e in sc.expand_ratio if e <= b.expand_ratio + 1e-9)
+        if space.feature_mix is not None:
+            g["fm_out"] = tuple(c for c in space.feature_mix.out_channels if c <= subnet.feature_mix.out_channels)
+        self._genes = g
+
+    def genes(self) -> dict[str, tuple]:
+        return dict(self._genes)
+
+    def sample_genome(self, rng: random.Random) -> dict[str, Any]:
+        return {k: rng.choice(v) for k, v in self._genes.items()}
+
+    def extreme_genome(self, largest: bool) -> dict[str, Any]:
+        pick = max if largest else min
+        return {k: pick(v) for k, v in self._genes.items()}
+
+    def decode(self, genome: dict[str, Any], name: str = "target") -> tuple[Arch, list[list[int]]]:
+        for k, choices in self._genes.items():
+            if genome.get(k) not in choices:
+                raise ConfigError(f"target.{k}", genome.get(k, "<missing>"), f"allowed: {', '.join(map(str, choices))}")
+        stages, blocks_idx = [], []
+        c = genome["stem_out"]
+        for i, (sc, st) in enumerate(zip(self.space.stages, self.subnet.stages)):
+            out = genome[f"s{i}_out"]
+            blocks, idx = [], []
+            for j, b in enumerate(st.blocks):
+                if j > 0 and not genome[f"s{i}_b{j}_keep"]:
+                    continue
+                e = genome[f"s{i}_b{j}_e"]
+                mid = mid_channels(c, e)
+                blocks.append({"kernel_size": b.kernel_size, "expand_ratio": e, "mid_channels": mid, "out_channels": out,
+                               "stride": b.stride, "act": b.act, "se_channels": se_channels(mid) if b.se_channels else 0})
+                idx.append(j)
+                c = out
+            stages.append({"blocks": blocks})
+            blocks_idx.append(idx)
+        s = self.subnet
+        d = {
+            "name": name,
+            "resolution": s.resolution,
+            "num_classes": s.num_classes,
+            "in_channels": s.in_channels,
+            "stem": {"out_channels": genome["stem_out"], "kernel_size": s.stem.kernel_size, "stride": s.stem.stride, "act": s.stem.act},
+            "stages": stages,
+            "feature_mix": None if s.feature_mix is None else {"out_channels": genome["fm_out"], "act": s.feature_mix.act},
+        }
+        return Arch.from_dict(d, where=name), blocks_idx
+
+    def encode(self, target: Arch, blocks: list[list[int]]) -> dict[str, Any]:
+        """The genome of a TargetNet given with its block indices (inverse of ``decode``)."""
+        g: dict[str, Any] = {"stem_out": target.stem.out_channels}
+        for i, (st, idx) in enumerate(zip(target.stages, blocks)):
+            g[f"s{i}_out"] = st.blocks[0].out_channels
+            kept = dict(zip(idx, st.blocks))
+            for j, b in enumerate(self.subnet.stages[i].blocks):
+                if j > 0:
+                    g[f"s{i}_b{j}_keep"] = int(j in kept)
+                g[f"s{i}_b{j}_e"] = _match(kept[j].expand_ratio, self.space.stages[i].expand_ratio) if j in kept else min(self._genes[f"s{i}_b{j}_e"])
+        if self.subnet.feature_mix is not None:
+            g["fm_out"] = target.feature_mix.out_channels
+        return g

@@ -362,3 +362,34 @@ def _permute(t: torch.Tensor, perm: torch.Tensor, dim: int, optimizer) -> None:
         for v in optimizer.state.get(t, {}).values():
             if torch.is_tensor(v) and v.shape == t.shape:
                 v.copy_(v.index_select(dim, perm))
+
+
+@torch.no_grad()
+def inherit_weights(dst: DynamicNet, src_state: dict[str, torch.Tensor]) -> int:
+    """Copy a (larger) DynamicNet's weights into ``dst`` where both have them (OFA inheritance).
+
+    Every tensor takes the overlapping leading slice of its namesake (channels are prefixes);
+    conv kernels take the centred crop, remap FCs the matching centre block. Block indices must
+    mean the same blocks in both (a SubNet's blocks are the supernet's first ``depth`` blocks).
+    Returns the number of tensors copied.
+    """
+    from nas.ops.remap import _centre_index
+
+    n = 0
+    for name, t in dst.state_dict().items():
+        s = src_state.get(name)
+        if s is None or s.dim() != t.dim():
+            continue
+        if name.endswith("remap.fc") and s.shape != t.shape:
+            k, kmax = int(t.shape[0] ** 0.5), int(s.shape[0] ** 0.5)
+            idx = _centre_index(k, kmax, s.device)
+            s = s[idx][:, idx]
+        elif t.dim() == 4 and s.shape[-1] != t.shape[-1]:
+            off = (s.shape[-1] - t.shape[-1]) // 2
+            if off < 0:
+                continue
+            s = s[..., off : off + t.shape[-1], off : off + t.shape[-1]]
+        region = tuple(slice(0, min(a, b)) for a, b in zip(t.shape, s.shape))
+        t[region].copy_(s[region])
+        n += 1
+    return n

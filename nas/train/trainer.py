@@ -89,9 +89,13 @@ class TrainConfig:
     weight_decay: float = 4e-5
     label_smoothing: float = 0.1
     seed: int = 0
-    # subnet from NAS stage one (set by the search; mutually exclusive with aug_depth)
+    # set by the search: the SubNet of stage one, the TargetNet of stage two (multiplicative Arch
+    # dicts; ``op`` is applied) with its block indices in the SubNet, and a supernet checkpoint
+    # whose weights the run starts from
     subnet: dict | None = None
+    target_arch: dict | None = None
     target_blocks: list[list[int]] | None = None
+    inherit: str | None = None
 
     def validate(self) -> "TrainConfig":
         from nas.ops.remap import REMAP_KINDS
@@ -184,6 +188,9 @@ def resolve_target(cfg: TrainConfig, num_classes: int, resolution: int) -> tuple
     if cfg.subnet is not None:
         sub = Arch.from_dict(cfg.subnet)
         tb = cfg.target_blocks or [list(range(len(s.blocks))) for s in sub.stages]
+        if cfg.target_arch is not None:
+            target = Arch.from_dict(cfg.target_arch).with_ops(cfg.op)
+            return resize(target, resolution, num_classes), resize(sub, resolution, num_classes), tb
         target_d = sub.to_dict()
         target_d["stages"] = [{"blocks": [st["blocks"][j] for j in idx]} for st, idx in zip(target_d["stages"], tb)]
         for st in target_d["stages"]:
@@ -200,11 +207,12 @@ def resolve_target(cfg: TrainConfig, num_classes: int, resolution: int) -> tuple
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, out: str | Path, loaders=None, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, out: str | Path, loaders=None, progress: bool = True, export_dir: str | Path | None = None):
         from nas.data import build_loaders, calibration_batches
 
         self.cfg = cfg.validate()
         self.out = Path(out)
+        self.export_dir = Path(export_dir) if export_dir is not None else self.out / "target"
         self.progress = progress
         if loaders is None:
             res = cfg.resolution or 32
@@ -222,6 +230,10 @@ class Trainer:
             self.augmenter = Augmenter(self.target, self.target_blocks, self.subnet, self.spec)
             max_arch = self.augmenter.max_arch
         self.net = DynamicNet(max_arch, remap=cfg.remap, op_options=cfg.op_options, branch_norm=cfg.branch_norm)
+        if cfg.inherit:
+            from nas.supernet.net import inherit_weights
+
+            inherit_weights(self.net, load_checkpoint(Path(cfg.inherit))["model"])
         self.mutation = MutationSchedule(self.target, cfg.mutation_fraction)
         self.optimizer = torch.optim.SGD(param_groups(self.net, cfg.weight_decay, cfg.remap_lr_scale), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
         self.steps_per_epoch = len(loaders.train)
@@ -322,7 +334,7 @@ class Trainer:
 
         self.net.set_active_subnet(self.target, self.target_blocks)
         reset_bn(self.net, self.calib)
-        return export_target(self.net, self.out / "target", self.calib[0][0], self.cfg.op_options, meta={"config": self.cfg.to_dict()})
+        return export_target(self.net, self.export_dir, self.calib[0][0], self.cfg.op_options, meta={"config": self.cfg.to_dict()})
 
     # ------------------------------------------------------------------------------ the run
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
@@ -391,13 +403,13 @@ def load_checkpoint(path: Path) -> dict:
         raise ConfigError("resume", str(path.parent), "a run directory with checkpoint.pt") from None
 
 
-def resume_trainer(run_dir: str | Path, progress: bool = True) -> Trainer:
+def resume_trainer(run_dir: str | Path, progress: bool = True, export_dir: str | Path | None = None) -> Trainer:
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise ConfigError("--resume", str(run_dir), "a run directory written by shiftaddaug-train (config.json missing)")
     cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text())["train"])
-    trainer = Trainer(cfg, run_dir, progress=progress)
+    trainer = Trainer(cfg, run_dir, progress=progress, export_dir=export_dir)
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.is_file():
         trainer.load_state_dict(load_checkpoint(ckpt))

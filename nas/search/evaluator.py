@@ -1,0 +1,66 @@
+"""Evaluator and Pricer: what the searches see of a network (its accuracy, its cost).
+
+``Evaluator`` measures a configuration of a trained DynamicNet the way OFA does: BatchNorm
+statistics re-estimated on a fixed set of cached training batches, then accuracy on cached
+validation batches. Results are cached by the canonical architecture id (plus the block indices),
+so a search never pays twice for the same network.
+
+``Pricer`` prices the MF version of a network for a budget, from the space's lookup table (layer
+shapes it lacks are computed and added), in the budget's unit (mJ or ms).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nas.arch import Arch
+from nas.cost.budget import Budget
+from nas.train.bn import reset_bn
+
+
+class Evaluator:
+    def __init__(self, net, calib_batches, val_batches):
+        self.net = net
+        self.calib = calib_batches
+        self.val = val_batches
+        self.cache: dict[str, float] = {}
+        self.calls = 0
+
+    @staticmethod
+    def key(arch: Arch, blocks=None) -> str:
+        b = "" if blocks is None else "|" + ";".join(",".join(map(str, s)) for s in blocks)
+        return f"{arch.arch_id}{b}"
+
+    @torch.no_grad()
+    def accuracy(self, arch: Arch, blocks=None) -> float:
+        k = self.key(arch, blocks)
+        if k in self.cache:
+            return self.cache[k]
+        self.calls += 1
+        self.net.set_active_subnet(arch, blocks)
+        reset_bn(self.net, self.calib)
+        self.net.eval()
+        correct = total = 0
+        for x, y in self.val:
+            correct += (self.net(x).argmax(1) == y).sum().item()
+            total += y.numel()
+        acc = 100.0 * correct / total
+        self.cache[k] = acc
+        return acc
+
+
+class Pricer:
+    def __init__(self, budget: Budget, op: str, table=None, hardware=None, bits: int = 32):
+        self.budget, self.op, self.table, self.hardware, self.bits = budget, op, table, hardware, bits
+
+    def price(self, arch: Arch):
+        """Energy / latency of ``arch`` with the search's MF convention applied."""
+        mf = arch.with_ops(self.op)
+        if self.table is not None:
+            return self.table.price(mf, on_missing="compute")
+        from nas.cost.energy import price_arch
+
+        return price_arch(mf, self.hardware, self.bits)
+
+    def cost(self, arch: Arch) -> float:
+        return self.budget.cost_of(self.price(arch))

@@ -1,0 +1,389 @@
+"""``shiftaddaug-search``: the whole job, one run directory, resumable at every step.
+
+    0. price list      the space's layer shapes priced into ``lut.csv`` (energy model or table);
+                       an impossible budget stops here, before any training
+    1. supernet        hybrid once-for-all supernet (``supernet.pt``, ``supernet_log.json``)
+    2. stage one       evolution for the depth-augmented SubNet (``stage1.json`` checkpoint,
+                       ``population.csv``, ``subnet.json``)
+    3. stage two       Optuna study for the TargetNet (``stage2.journal``, ``trials.csv``)
+    4. training        ShiftAddAug training of the TargetNet inside the SubNet, starting from the
+                       supernet's weights (``train/``) and export (``target/``)
+    5. report          ``pareto.png``, ``report.md``, ``summary.json``
+
+``state.json`` records every finished step with its result; ``--resume DIR`` skips them, and the
+step that was running continues from its own checkpoint (supernet epoch, evolution generation,
+Optuna trial, training epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nas.arch import Arch
+from nas.cost.budget import Budget, parse_budget
+from nas.errors import ConfigError, InfeasibleBudgetError
+from nas.io import atomic_write_json, atomic_write_text
+from nas.space import SearchSpace, TargetSpace
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # minutes on a 2-core CPU with the bundled dataset
+    "quick": dict(space="tiny", supernet_epochs=3, population=10, generations=4, trials=24, final_epochs=5,
+                  batch_size=64, lr=0.05, eval_images=500, bn_images=500, max_train_images=None),
+    # the paper's scale (CIFAR-100 at 160x160): GPU-days
+    "paper": dict(space="paper160", supernet_epochs=120, population=100, generations=20, trials=300, final_epochs=250,
+                  batch_size=128, lr=0.05, eval_images=10000, bn_images=2000, max_train_images=None),
+}
+STATE_VERSION = 1
+
+
+@dataclass
+class SearchConfig:
+    budget: str = "0.02mJ"
+    op: str = "shift"
+    preset: str = "quick"
+    space: str | None = None
+    dataset: str = "mnist5k"
+    data_root: str | None = None
+    hardware: str | None = None
+    bits: int = 32
+    seed: int = 0
+    aug: str = "shiftaddaug"
+    remap: str = "cdf-fc"
+    eta: float | None = 1.0
+    supernet_epochs: int | None = None
+    population: int | None = None
+    generations: int | None = None
+    trials: int | None = None
+    final_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    eval_images: int | None = None
+    bn_images: int | None = None
+    max_train_images: int | None = None
+    aug_multiples: list[float] | None = None
+    ray_address: str | None = None
+
+    def resolved(self) -> "SearchConfig":
+        """Fill every unset field from the preset and validate."""
+        if self.preset not in PRESETS:
+            raise ConfigError("--preset", self.preset, f"allowed: {', '.join(PRESETS)}")
+        if self.op not in ("shift", "add"):
+            raise ConfigError("--op", self.op, "allowed: shift, add (the TargetNet is multiplication-free)")
+        parse_budget(self.budget)
+        d = dataclasses.asdict(self)
+        for k, v in PRESETS[self.preset].items():
+            if d.get(k) is None:
+                d[k] = v
+        for k in ("supernet_epochs", "population", "generations", "trials", "final_epochs", "batch_size", "eval_images", "bn_images"):
+            if not isinstance(d[k], int) or d[k] < 1:
+                raise ConfigError(f"--{k.replace('_', '-')}", d[k], "expected a positive integer")
+        return SearchConfig(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class SearchRun:
+    def __init__(self, cfg: SearchConfig, out: str | Path, progress: bool = True):
+        self.cfg = cfg.resolved()
+        self.out = Path(out)
+        self.progress = progress
+        self.budget: Budget = parse_budget(self.cfg.budget)
+        self.state: dict[str, Any] = {"schema_version": STATE_VERSION, "done": {}}
+        state_path = self.out / "state.json"
+        if state_path.is_file():
+            self.state = json.loads(state_path.read_text())
+
+    @staticmethod
+    def resume(run_dir: str | Path, progress: bool = True) -> "SearchRun":
+        p = Path(run_dir) / "config.json"
+        if not p.is_file():
+            raise ConfigError("--resume", str(run_dir), "a run directory written by shiftaddaug-search (config.json missing)")
+        d = json.loads(p.read_text())
+        if d.get("kind") != "search":
+            raise ConfigError("--resume", str(run_dir), "a shiftaddaug-search run directory")
+        return SearchRun(SearchConfig(**d["search"]), run_dir, progress)
+
+    def log(self, msg: str) -> None:
+        if self.progress:
+            print(msg, flush=True)
+
+    def mark(self, step: str, result: dict) -> None:
+        self.state["done"][step] = result
+        atomic_write_json(self.out / "state.json", self.state)
+
+    # ------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from nas.cost.lut import energy_table
+        from nas.data import build_loaders, calibration_batches
+        from nas.search.evaluator import Pricer
+
+        c = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not (self.out / "config.json").is_file():
+            atomic_write_json(self.out / "config.json", {"schema_version": 1, "kind": "search", "search": c.to_dict()})
+        base = SearchSpace.load(c.space)
+        self.loaders = build_loaders(c.dataset, c.data_root, resolution=base.resolution, batch_size=c.batch_size,
+                                     seed=c.seed, max_train_images=c.max_train_images)
+        self.space = base.with_task(num_classes=self.loaders.num_classes)
+        self.calib = calibration_batches(self.loaders, n_images=min(c.bn_images, self.loaders.train.num_images), batch_size=100, seed=c.seed)
+        self.val = _take(self.loaders.val, c.eval_images, c.seed)
+        self.table = energy_table(self.space, c.hardware, c.bits, ops=(c.op,), path=self.out / "lut.csv")
+        self.pricer = Pricer(self.budget, c.op, self.table)
+
+    def check_budget(self) -> dict:
+        """Cheapest and largest costs of the space; raises when the budget cannot be met."""
+        lo = self.pricer.cost(self.space.min_arch())
+        hi = self.pricer.cost(self.space.max_arch())
+        unit = self.budget.unit
+        info = {"budget": self.budget.value, "unit": unit, "metric": self.budget.metric, "cheapest": lo, "largest": hi,
+                "binding": self.budget.value < hi}
+        if self.budget.value < lo:
+            raise InfeasibleBudgetError(
+                f"budget {self.budget} cannot be met: the cheapest {self.cfg.op} network of space {self.space.name!r} "
+                f"costs {lo:.4g} {unit}; the smallest feasible budget is {lo:.4g} {unit}"
+            )
+        if not info["binding"]:
+            self.log(f"note: the budget {self.budget} does not bind: the largest {self.cfg.op} network of space "
+                     f"{self.space.name!r} costs {hi:.4g} {unit}")
+        return info
+
+    # ------------------------------------------------------------------------------ steps
+    def run_supernet(self):
+        from nas.supernet.train import SupernetTrainer
+
+        c = self.cfg
+        sup = SupernetTrainer(self.space, c.op, self.loaders, self.out, epochs=c.supernet_epochs, lr=c.lr, seed=c.seed,
+                              remap=c.remap, op_options={"add": {"eta": c.eta}}, progress=self.progress)
+        if "supernet" not in self.state["done"]:
+            t0 = time.time()
+            sup.fit(self.out / "supernet.pt", self.out / "supernet_log.json")
+            self.mark("supernet", {"epochs": c.supernet_epochs, "time_s": round(time.time() - t0, 1)})
+        else:
+            import torch
+
+            sup.load_state_dict(torch.load(self.out / "supernet.pt", map_location="cpu", weights_only=True))
+        return sup.net
+
+    def run_stage_one(self, evaluator) -> tuple[Arch, dict]:
+        from nas.search.evolution import EvolutionSearch
+
+        if "stage1" in self.state["done"]:
+            r = self.state["done"]["stage1"]
+            return Arch.from_dict(r["subnet"]), r
+        c = self.cfg
+        evo = EvolutionSearch(self.space, fitness=lambda a: evaluator.accuracy(a), cost=self.pricer.cost,
+                              budget=self.budget.value, multiples=c.aug_multiples, population=c.population,
+                              generations=c.generations, seed=c.seed, unit=self.budget.unit)
+        t0 = time.time()
+        if c.ray_address:
+            from nas.search.ray_adapter import distributed_fitness
+
+            evo.fitness = distributed_fitness(self, evo.fitness)
+        best = evo.run(self.out / "stage1.json", self.out / "population.csv", self.progress)
+        sub = self.space.decode(best.genome, "subnet")
+        sub.save(self.out / "subnet.json")
+        r = {"subnet": sub.to_dict(), "multiple": best.multiple, "cost": best.cost, "accuracy": best.accuracy,
+             "evaluations": evaluator.calls, "time_s": round(time.time() - t0, 1)}
+        self.mark("stage1", r)
+        return sub, r
+
+    def run_stage_two(self, evaluator, subnet: Arch) -> dict:
+        from nas.search.evolution import write_csv
+        from nas.search.target_search import run_stage_two, trials_rows
+
+        if "stage2" in self.state["done"]:
+            return self.state["done"]["stage2"]
+        c = self.cfg
+        t0 = time.time()
+
+        def accuracy(target, blocks):
+            return evaluator.accuracy(target.with_ops(c.op), blocks)
+
+        if c.ray_address:
+            from nas.search.ray_adapter import run_stage_two_ray
+
+            best, study = run_stage_two_ray(self, subnet, accuracy)
+        else:
+            best, study = run_stage_two(self.space, subnet, accuracy, self.pricer.cost, self.budget.value, c.trials,
+                                        self.out / "stage2.journal", seed=c.seed, progress=self.progress)
+        write_csv(self.out / "trials.csv", trials_rows(study))
+        r = {"target": best.arch.to_dict(), "blocks": best.blocks, "accuracy": best.accuracy, "cost": best.cost,
+             "trial": best.trial, "time_s": round(time.time() - t0, 1)}
+        self.mark("stage2", r)
+        return r
+
+    def run_training(self, subnet: Arch, target: dict) -> dict:
+        from nas.train.trainer import TrainConfig, Trainer, resume_trainer
+
+        if "train" in self.state["done"]:
+            return self.state["done"]["train"]
+        c = self.cfg
+        train_dir = self.out / "train"
+        if (train_dir / "config.json").is_file():
+            trainer = resume_trainer(train_dir, progress=self.progress, export_dir=self.out / "target")
+        else:
+            tc = TrainConfig(model=None, op=c.op, aug=c.aug, remap=c.remap, eta=c.eta, dataset=c.dataset, data_root=c.data_root,
+                             resolution=self.space.resolution, batch_size=c.batch_size, epochs=c.final_epochs, lr=c.lr,
+                             seed=c.seed, max_train_images=c.max_train_images, bn_images=c.bn_images,
+                             subnet=subnet.to_dict(), target_arch=target["target"], target_blocks=target["blocks"],
+                             inherit=str(self.out / "supernet.pt"))
+            trainer = Trainer(tc, train_dir, progress=self.progress, export_dir=self.out / "target")
+        s = trainer.fit()
+        self.write_cost(Arch.load(self.out / "target" / "arch.json"))
+        self.mark("train", s)
+        return s
+
+    def write_cost(self, target: Arch) -> dict:
+        """cost.json of the exported TargetNet, priced with the run's own table and hardware."""
+        from nas.cost.counting import count_ops
+
+        price = self.pricer.price(target)
+        cost = {"schema_version": 1, "counts": count_ops(target).to_json_dict(), "energy_mJ": price.energy_mJ,
+                "latency_ms": price.latency_ms, "hardware": self.table.header.get("hardware"), "bits": self.cfg.bits,
+                "layers": price.to_json_dict()["layers"], "budget": self.budget.to_dict()}
+        atomic_write_json(self.out / "target" / "cost.json", cost)
+        return cost
+
+    # ------------------------------------------------------------------------------ the job
+    def run(self) -> dict:
+        from nas.search.evaluator import Evaluator
+
+        t_start = time.time()
+        self.setup()
+        budget_info = self.check_budget()
+        self.log(f"[1/4] supernet ({self.cfg.supernet_epochs} epochs, op {self.cfg.op})")
+        net = self.run_supernet()
+        evaluator = Evaluator(net, self.calib, self.val)
+        self.log(f"[2/4] stage one: evolution for the SubNet (budget {self.budget} x multiple)")
+        subnet, s1 = self.run_stage_one(evaluator)
+        self.log(f"[3/4] stage two: Optuna for the TargetNet ({self.cfg.trials} trials)")
+        s2 = self.run_stage_two(evaluator, subnet)
+        self.log(f"[4/4] ShiftAddAug training of the TargetNet ({self.cfg.final_epochs} epochs)")
+        tr = self.run_training(subnet, s2)
+        self.plot_pareto(s2)
+        summary = self.summarize(budget_info, s1, s2, tr, time.time() - t_start)
+        return summary
+
+    # ------------------------------------------------------------------------------ outputs
+    def plot_pareto(self, s2: dict) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import pandas as pd
+
+        df = pd.read_csv(self.out / "trials.csv")
+        df = df[df["state"] == "COMPLETE"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        feas = df[df["feasible"] == True]  # noqa: E712 (pandas column of bools)
+        infeas = df[df["feasible"] != True]  # noqa: E712
+        ax.scatter(infeas["cost"], infeas["accuracy"], c="lightgray", label="over budget", s=18)
+        ax.scatter(feas["cost"], feas["accuracy"], c="tab:blue", label="feasible", s=18)
+        front = _pareto(df[["cost", "accuracy"]].values.tolist())
+        if front:
+            xs, ys = zip(*front)
+            ax.step(xs, ys, where="post", c="tab:blue", alpha=0.5, label="Pareto front")
+        ax.axvline(self.budget.value, c="tab:red", ls="--", label=f"budget {self.budget}")
+        ax.scatter([s2["cost"]], [s2["accuracy"]], marker="*", s=180, c="tab:orange", edgecolors="k", label="chosen TargetNet", zorder=5)
+        ax.set_xlabel(f"{self.budget.metric} of the {self.cfg.op} TargetNet ({self.budget.unit})")
+        ax.set_ylabel("supernet accuracy (%)")
+        ax.set_title(f"stage two: {self.cfg.op} TargetNets cut from the SubNet")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        tmp = self.out / ".pareto.tmp.png"
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        tmp.replace(self.out / "pareto.png")
+
+    def summarize(self, budget_info: dict, s1: dict, s2: dict, tr: dict, seconds: float) -> dict:
+        cost = json.loads((self.out / "target" / "cost.json").read_text())
+        target = Arch.load(self.out / "target" / "arch.json")
+        unit = self.budget.unit
+        value = cost["energy_mJ"] if self.budget.metric == "energy" else cost["latency_ms"]
+        summary = {
+            "schema_version": 1,
+            "budget": str(self.budget),
+            "budget_binding": budget_info["binding"],
+            "space_cost_range": [budget_info["cheapest"], budget_info["largest"]],
+            "op": self.cfg.op,
+            "energy_mJ": cost["energy_mJ"],
+            "latency_ms": cost["latency_ms"],
+            "meets_budget": value <= self.budget.value * (1 + 1e-9),
+            "macs": cost["counts"]["macs"],
+            "params": cost["counts"]["params"],
+            "accuracy": {"val": tr["val_acc"], "test": tr["test_acc"], "supernet_estimate": s2["accuracy"]},
+            "subnet": {"arch_id": Arch.from_dict(s1["subnet"]).arch_id, "multiple": s1["multiple"], "cost": s1["cost"],
+                       "supernet_accuracy": s1["accuracy"]},
+            "target_arch_id": target.arch_id,
+            "time_s": round(seconds, 1),
+            "paths": {k: str(self.out / v) for k, v in {
+                "arch": "target/arch.json", "weights": "target/weights.pt", "cost": "target/cost.json",
+                "pareto": "pareto.png", "report": "report.md", "population": "population.csv", "trials": "trials.csv",
+                "supernet": "supernet.pt"}.items()},
+        }
+        atomic_write_json(self.out / "summary.json", summary)
+        atomic_write_text(self.out / "report.md", _report(self, summary, budget_info, target))
+        return summary
+
+
+def _take(batches, n_images: int, seed: int = 0, batch_size: int = 250) -> list:
+    """A fixed random subset of an evaluation split, cached as tensors (splits are class-sorted)."""
+    import torch
+
+    xs, ys = zip(*batches)
+    x, y = torch.cat(xs), torch.cat(ys)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(y), generator=g)[: min(n_images, len(y))]
+    return [(x[idx[i : i + batch_size]], y[idx[i : i + batch_size]]) for i in range(0, len(idx), batch_size)]
+
+
+def _pareto(points: list[list[float]]) -> list[tuple[float, float]]:
+    """Non-dominated (cost low, accuracy high) points, sorted by cost."""
+    front, best = [], float("-inf")
+    for c, a in sorted(points, key=lambda p: (p[0], -p[1])):
+        if a > best:
+            front.append((c, a))
+            best = a
+    return front
+
+
+def _report(run: SearchRun, s: dict, b: dict, target: Arch) -> str:
+    unit = b["unit"]
+    lines = [
+        f"# shiftaddaug-search: {run.out.name}",
+        "",
+        f"Budget **{s['budget']}** ({b['metric']}), operator **{s['op']}**, space `{run.space.name}`, dataset `{run.cfg.dataset}`, preset `{run.cfg.preset}`.",
+        "",
+    ]
+    if not b["binding"]:
+        lines += [f"> The budget does not bind: the largest {s['op']} network of the space costs {b['largest']:.4g} {unit}.", ""]
+    lines += [
+        "| | value |",
+        "|---|---|",
+        f"| TargetNet {b['metric']} | {s['energy_mJ']:.4g} mJ, {s['latency_ms']:.4g} ms ({'meets' if s['meets_budget'] else 'misses'} the budget) |",
+        f"| MACs / params | {s['macs'] / 1e6:.3f} M / {s['params'] / 1e6:.4f} M |",
+        f"| accuracy (test / val) | {s['accuracy']['test']:.2f}% / {s['accuracy']['val']:.2f}% |",
+        f"| supernet estimate before training | {s['accuracy']['supernet_estimate']:.2f}% |",
+        f"| SubNet (stage one) | multiple {s['subnet']['multiple']}, cost {s['subnet']['cost']:.4g} {unit}, supernet accuracy {s['subnet']['supernet_accuracy']:.2f}% |",
+        f"| space cost range | {b['cheapest']:.4g} ... {b['largest']:.4g} {unit} |",
+        f"| wall time | {s['time_s']:.0f} s |",
+        "",
+        "## TargetNet",
+        "",
+        "```",
+        target.summary(),
+        "```",
+        "",
+        "![stage two](pareto.png)",
+        "",
+        "Files: `target/` (arch.json, weights.pt, cost.json, meta.json), `population.csv` (stage one), "
+        "`trials.csv` (stage two), `train/metrics.csv`, `supernet.pt`.",
+        "",
+    ]
+    return "\n".join(lines)
