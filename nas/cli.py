@@ -501,3 +501,50 @@ def _search_table(run, s: dict) -> str:
     ]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+@_friendly
+def export_main(argv: Sequence[str] | None = None) -> int:
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(
+        prog="shiftaddaug-export",
+        description="Re-export the TargetNet of a finished run (shiftaddaug-search or shiftaddaug-train): "
+        "json rebuilds target/ (arch.json, weights.pt, cost.json, meta.json) from the run's last training "
+        "checkpoint with freshly re-estimated BatchNorm statistics; onnx writes target/model.onnx (standard "
+        "ONNX operators only, the adder as Pad/Slice/Sub/Abs/ReduceSum) and checks it with onnxruntime.",
+        epilog="example:\n  shiftaddaug-export runs/20261127-130000-search-shift-0.02mJ --format all",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    p.add_argument("--format", choices=("json", "onnx", "all"), default="all", help="what to write (default all)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    args = p.parse_args(argv)
+    run = Path(args.run_dir)
+    train_dir = run / "train" if (run / "train" / "config.json").is_file() else run
+    if not (train_dir / "checkpoint.pt").is_file():
+        raise ConfigError("RUN_DIR", str(run), "a finished shiftaddaug-search or shiftaddaug-train run directory (no training checkpoint found)")
+    target_dir = run / "target"
+    if args.format in ("json", "all"):
+        from nas.train.trainer import resume_trainer
+
+        trainer = resume_trainer(train_dir, progress=False, export_dir=target_dir)
+        if trainer.epoch < trainer.cfg.epochs:
+            raise ConfigError("RUN_DIR", str(run), f"a finished run (training stopped at epoch {trainer.epoch}/{trainer.cfg.epochs}; use --resume)")
+        info = trainer.export()
+        if (run / "state.json").is_file():  # a search run: price with its own table
+            from nas.arch import Arch
+            from nas.search.pipeline import SearchRun
+
+            sr = SearchRun.resume(run, progress=False)
+            sr.setup()
+            sr.write_cost(Arch.load(target_dir / "arch.json"))
+        print(f"json  {target_dir}  (max |logit diff| vs trained model {info['max_abs_logit_diff']:.1e})")
+    if args.format in ("onnx", "all"):
+        from nas.export import load_exported
+        from nas.onnx_export import export_onnx
+
+        model = load_exported(target_dir)
+        r = export_onnx(model, target_dir / "model.onnx", model.arch.resolution, opset=args.opset)
+        print(f"onnx  {r['path']}  (onnxruntime vs PyTorch max |diff| {r['max_abs_diff']:.1e}; ops: {', '.join(r['ops'])})")
+    return 0

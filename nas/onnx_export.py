@@ -103,8 +103,10 @@ class OnnxAdderConv2d(nn.Module):
         for c0 in range(0, cg, chunk):
             c1 = min(cg, c0 + chunk)
             for a in range(kh):
+                rows = slice(a * dh, a * dh + (ho - 1) * sh + 1, sh)  # the taps of kernel row a
                 for b in range(kw):
-                    xs = x[:, :, :, c0:c1, a * dh : a * dh + (ho - 1) * sh + 1 : sh, b * dw : b * dw + (wo - 1) * sw + 1 : sw]
+                    cols = slice(b * dw, b * dw + (wo - 1) * sw + 1, sw)
+                    xs = x[:, :, :, c0:c1, rows, cols]  # [N, G, 1, chunk, Ho, Wo]
                     t = (xs - self.weight[a * kw + b, :, :, c0:c1]).abs().sum(dim=3)  # [N, G, O/G, Ho, Wo]
                     acc = t if acc is None else acc + t
         y = -acc.reshape(-1, self.out_channels, ho, wo)
@@ -149,7 +151,7 @@ def _replace_shift(m: nn.Module) -> nn.Module:
     if bias is not None:
         plain.bias.copy_(bias)
     if m.fixed_point_activations:
-        return plain
+        return nn.Sequential(FixedPointQuant(m.act_integer_bits, m.act_fraction_bits), plain)
     return plain
 
 
@@ -204,7 +206,8 @@ def _metadata(model: nn.Module, resolution: int) -> dict[str, str]:
              "resolution": str(resolution), "input_layout": "NCHW float32"}  # fmt: skip
     arch = getattr(model, "arch", None)
     if arch is not None:
-        for key, attr in (("arch_id", "arch_id"), ("op", "op_kind"), ("arch_name", "name"), ("num_classes", "num_classes")):
+        labels = (("arch_id", "arch_id"), ("op", "op_kind"), ("arch_name", "name"), ("num_classes", "num_classes"))
+        for key, attr in labels:
             try:
                 value = getattr(arch, attr)
             except Exception:  # a best-effort label: never fail the export over it

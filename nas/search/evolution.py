@@ -57,6 +57,7 @@ class EvolutionSearch:
         self.history: list[dict] = []
         self.generation = 0
         self._costs: dict[str, tuple[float, float]] = {}
+        self.batch_fitness: Callable[[list], list[float]] | None = None  # e.g. Ray actors (nas.search.ray_adapter)
 
     # ------------------------------------------------------------------------------ feasibility
     def costs(self, genome: dict) -> tuple[float, float]:
@@ -112,9 +113,12 @@ class EvolutionSearch:
         return pop
 
     def evaluate(self, pop: list[Candidate]) -> None:
-        for c in pop:
-            if c.accuracy is None:
-                c.accuracy = float(self.fitness(self.space.decode(c.genome, "subnet")))
+        """Fitness of every candidate not yet scored, in one batch (``batch_fitness`` may fan it out)."""
+        todo = [c for c in pop if c.accuracy is None]
+        archs = [self.space.decode(c.genome, "subnet") for c in todo]
+        scores = self.batch_fitness(archs) if self.batch_fitness is not None else [self.fitness(a) for a in archs]
+        for c, acc in zip(todo, scores):
+            c.accuracy = float(acc)
 
     def next_generation(self) -> list[Candidate]:
         parents = sorted(self.population, key=lambda c: (-c.accuracy, c.cost))[: self.n_parents]
@@ -149,8 +153,9 @@ class EvolutionSearch:
                                      "target_floor": c.target_floor, "accuracy": c.accuracy,
                                      "arch_id": self.space.decode(c.genome).arch_id, "genome": json.dumps(c.genome, sort_keys=True)})
             self.generation += 1
-            if self.generation < self.generations:
-                self.population = self.next_generation()
+            # always breed the next population (cheap: no evaluation), so a checkpoint taken here
+            # continues identically whether the run ends now or is resumed with more generations
+            self.population = self.next_generation()
             if checkpoint is not None:
                 atomic_write_json(checkpoint, self.state())
             if csv is not None:

@@ -182,9 +182,9 @@ class SearchRun:
                               generations=c.generations, seed=c.seed, unit=self.budget.unit)
         t0 = time.time()
         if c.ray_address:
-            from nas.search.ray_adapter import distributed_fitness
+            from nas.search.ray_adapter import batch_fitness
 
-            evo.fitness = distributed_fitness(self, evo.fitness)
+            evo.batch_fitness = batch_fitness(self)
         best = evo.run(self.out / "stage1.json", self.out / "population.csv", self.progress)
         sub = self.space.decode(best.genome, "subnet")
         sub.save(self.out / "subnet.json")
