@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from nas.errors import ConfigError
+from nas.errors import ConfigError, check_keys
 
 SCHEMA_VERSION = 1
 OP_KINDS = ("mult", "shift", "add")
@@ -331,18 +331,6 @@ def has_shortcut(in_channels: int, block: BlockSpec) -> bool:
 # parsing and validation
 
 
-def _expect_mapping(d: Any, where: str, keys: dict[str, tuple], required: tuple[str, ...]) -> dict:
-    if not isinstance(d, dict):
-        raise ConfigError(where, d, "expected a mapping (JSON object)")
-    unknown = sorted(set(d) - set(keys))
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}", d[unknown[0]], f"unknown key; allowed keys: {', '.join(sorted(keys))}")
-    for k in required:
-        if k not in d:
-            raise ConfigError(f"{where}.{k}", "<missing>", "required")
-    return d
-
-
 def _int(d: dict, key: str, where: str, lo: int = 1, default: Any = None) -> int:
     v = d.get(key, default)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
@@ -364,7 +352,7 @@ def _choice(d: dict, key: str, where: str, choices: tuple, default: Any = None, 
 
 def _conv_from_dict(d: Any, where: str, default_k: int, default_s: int) -> ConvSpec:
     keys = {f.name: () for f in dataclasses.fields(ConvSpec)}
-    _expect_mapping(d, where, keys, ("out_channels",))
+    check_keys(d, where, keys, ("out_channels",))
     return ConvSpec(
         out_channels=_int(d, "out_channels", where),
         kernel_size=_choice(d, "kernel_size", where, KERNEL_SIZES, default_k),
@@ -376,7 +364,7 @@ def _conv_from_dict(d: Any, where: str, default_k: int, default_s: int) -> ConvS
 
 def _block_from_dict(d: Any, where: str, in_channels: int) -> BlockSpec:
     keys = {f.name: () for f in dataclasses.fields(BlockSpec)}
-    _expect_mapping(d, where, keys, ("kernel_size", "expand_ratio", "out_channels"))
+    check_keys(d, where, keys, ("kernel_size", "expand_ratio", "out_channels"))
     e = d["expand_ratio"]
     if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e <= 0:
         raise ConfigError(f"{where}.expand_ratio", e, "expected a positive number")
@@ -413,7 +401,7 @@ _ARCH_KEYS = {f.name: () for f in dataclasses.fields(Arch)} | {"schema_version":
 
 
 def _arch_from_dict(d: Any, where: str) -> Arch:
-    _expect_mapping(d, where, _ARCH_KEYS, ("resolution", "num_classes", "stem", "stages"))
+    check_keys(d, where, _ARCH_KEYS, ("resolution", "num_classes", "stem", "stages"))
     sv = d.get("schema_version", SCHEMA_VERSION)
     if sv != SCHEMA_VERSION:
         raise ConfigError(f"{where}.schema_version", sv, f"this version of shiftaddaug reads schema_version {SCHEMA_VERSION}")
@@ -428,7 +416,7 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
     c = stem.out_channels
     for i, s in enumerate(stages_in):
         sw = f"{where}.stages[{i}]"
-        _expect_mapping(s, sw, {"blocks": ()}, ("blocks",))
+        check_keys(s, sw, {"blocks": ()}, ("blocks",))
         if not isinstance(s["blocks"], list) or not s["blocks"]:
             raise ConfigError(f"{sw}.blocks", s["blocks"], "expected a non-empty list of blocks")
         blocks = []
@@ -444,7 +432,7 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
         if heads[head] is not None and (heads[head].kernel_size != 1 or heads[head].stride != 1):
             raise ConfigError(f"{where}.{head}", v, "the head convs are 1x1 with stride 1")
     cls = d.get("classifier", {})
-    _expect_mapping(cls, f"{where}.classifier", {"op": (), "dropout": ()}, ())
+    check_keys(cls, f"{where}.classifier", {"op": (), "dropout": ()}, ())
     dropout = cls.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError(f"{where}.classifier.dropout", dropout, "expected a number in [0, 1)")

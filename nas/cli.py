@@ -390,7 +390,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--width-mults", type=_floats, default=d.width_mults, metavar="A,B,..", help="width augmentation factors (NetAug: 1.0,1.8,2.6)")
     p.add_argument("--expand-mults", type=_floats, default=d.expand_mults, metavar="A,B,..", help="expand augmentation factors (NetAug: 1.0,1.6,2.2,2.8)")
     p.add_argument("--hybrid", choices=("mf", "mult"), default=d.hybrid, help="target channels of the augmented pass computed with MF (hybrid, default) or multiplication")
-    p.add_argument("--branch-norm", action="store_true", help="rescale the multiplicative partial sums of target channels to the MF ones")
+    p.add_argument("--branch-norm", action=argparse.BooleanOptionalAction, default=d.branch_norm,
+                   help="rescale the multiplicative partial sums of target channels to the MF ones (default on)")
     p.add_argument("--mutation", type=float, metavar="F", help="fraction of training over which target layers turn MF (default: 1/3 with shiftaddaug, else 0)")
     p.add_argument("--eta", type=float, default=d.eta, help=f"AdderNet adaptive gradient scale for add layers, 0 = off (default {d.eta})")
     p.add_argument("--weight-bits", type=int, default=d.weight_bits, help=f"shift weight bits (default {d.weight_bits})")

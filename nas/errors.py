@@ -21,3 +21,16 @@ class ConfigError(ValueError):
 
 class InfeasibleBudgetError(RuntimeError):
     """No architecture of the search space can meet the budget."""
+
+
+def check_keys(d: Any, where: str, allowed, required=()) -> dict:
+    """``d`` must be a mapping with only ``allowed`` keys and every ``required`` one."""
+    if not isinstance(d, dict):
+        raise ConfigError(where, d, "expected a mapping")
+    for k in d:
+        if k not in allowed:
+            raise ConfigError(f"{where}.{k}", d[k], f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
+    for k in sorted(required):
+        if k not in d:
+            raise ConfigError(f"{where}.{k}", "<missing>", "required")
+    return d

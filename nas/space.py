@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.arch import ACTS, Arch, conv_out_size, make_divisible
-from nas.errors import ConfigError
+from nas.errors import ConfigError, check_keys
 
 SCHEMA_VERSION = 1
 
@@ -321,18 +321,6 @@ def _list(d: dict, key: str, where: str, kind: type, allowed: tuple | None = Non
     return tuple(sorted(out))
 
 
-def _keys(d: Any, where: str, allowed: set[str], required: set[str]) -> dict:
-    if not isinstance(d, dict):
-        raise ConfigError(where, d, "expected a mapping")
-    for k in d:
-        if k not in allowed:
-            raise ConfigError(f"{where}.{k}", d[k], f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
-    for k in sorted(required):
-        if k not in d:
-            raise ConfigError(f"{where}.{k}", "<missing>", "required")
-    return d
-
-
 def _scaled(channels: tuple[int, ...], mults: tuple[float, ...] | None) -> tuple[int, ...]:
     if not mults:
         return channels
@@ -340,7 +328,7 @@ def _scaled(channels: tuple[int, ...], mults: tuple[float, ...] | None) -> tuple
 
 
 def _space_from_dict(d: Any, where: str) -> SearchSpace:
-    _keys(d, where, {"schema_version", "name", "resolution", "num_classes", "in_channels", "stem", "stages", "feature_mix", "aug_multiples", "width_mult"}, {"resolution", "stem", "stages"})
+    check_keys(d, where, {"schema_version", "name", "resolution", "num_classes", "in_channels", "stem", "stages", "feature_mix", "aug_multiples", "width_mult"}, {"resolution", "stem", "stages"})
     if d.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise ConfigError(f"{where}.schema_version", d.get("schema_version"), f"this version reads {SCHEMA_VERSION}")
     mults = _list(d, "width_mult", where, float, lo=0.01) if "width_mult" in d else None
@@ -355,7 +343,7 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
         return a
 
     sw = f"{where}.stem"
-    st = _keys(d["stem"], sw, {"out_channels", "kernel_size", "stride", "act"}, {"out_channels"})
+    st = check_keys(d["stem"], sw, {"out_channels", "kernel_size", "stride", "act"}, {"out_channels"})
     ks = st.get("kernel_size", 3)
     if ks not in (1, 3, 5, 7):
         raise ConfigError(f"{sw}.kernel_size", ks, "allowed: 1, 3, 5, 7")
@@ -368,7 +356,7 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
     stages = []
     for i, s in enumerate(d["stages"]):
         w = f"{where}.stages[{i}]"
-        _keys(s, w, {"depth", "kernel_size", "expand_ratio", "out_channels", "stride", "act", "se"}, {"depth", "kernel_size", "expand_ratio", "out_channels"})
+        check_keys(s, w, {"depth", "kernel_size", "expand_ratio", "out_channels", "stride", "act", "se"}, {"depth", "kernel_size", "expand_ratio", "out_channels"})
         stride = s.get("stride", 1)
         if stride not in (1, 2):
             raise ConfigError(f"{w}.stride", stride, "allowed: 1, 2")
@@ -389,7 +377,7 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
     fm = None
     if d.get("feature_mix") is not None:
         fw = f"{where}.feature_mix"
-        f = _keys(d["feature_mix"], fw, {"out_channels", "act"}, {"out_channels"})
+        f = check_keys(d["feature_mix"], fw, {"out_channels", "act"}, {"out_channels"})
         fm = HeadChoices(_scaled(_list(f, "out_channels", fw, int), mults), 1, 1, act(f, fw, "relu6"))
     aug = _list(d, "aug_multiples", where, float, lo=1) if "aug_multiples" in d else (2.2, 2.4, 2.8, 3.2)
     ncls = d.get("num_classes", 10)

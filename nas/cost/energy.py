@@ -51,7 +51,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from nas.cost.counting import Layer, arch_layers
-from nas.errors import ConfigError
+from nas.errors import ConfigError, check_keys
 
 HARDWARE_SCHEMA_VERSION = 1
 DEFAULT_HARDWARE = "eyeriss-45nm"
@@ -218,31 +218,19 @@ def _num(d: dict, key: str, where: str, integer: bool = False, positive: bool = 
     return int(v) if integer else float(v)
 
 
-def _mapping(d: Any, where: str, allowed: set[str], required: set[str]) -> dict:
-    if not isinstance(d, dict):
-        raise ConfigError(where, d, "expected a mapping")
-    for k in d:
-        if k not in allowed:
-            raise ConfigError(f"{where}.{k}", d[k], f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
-    for k in sorted(required):
-        if k not in d:
-            raise ConfigError(f"{where}.{k}", "<missing>", "required")
-    return d
-
-
 def _hardware_from_dict(d: Any, where: str) -> Hardware:
     top = {
         "schema_version", "kind", "name", "description", "pe_array", "register_file_words", "buffer_words", "clock_MHz",
         "word_bits", "access_pJ", "precisions", "shift", "add", "reference_m0_prefilter", "provenance",
     }
-    _mapping(d, where, top, {"name", "pe_array", "register_file_words", "buffer_words", "clock_MHz", "access_pJ", "precisions"})
+    check_keys(d, where, top, {"name", "pe_array", "register_file_words", "buffer_words", "clock_MHz", "access_pJ", "precisions"})
     if d.get("schema_version", HARDWARE_SCHEMA_VERSION) != HARDWARE_SCHEMA_VERSION:
         raise ConfigError(f"{where}.schema_version", d.get("schema_version"), f"this version reads {HARDWARE_SCHEMA_VERSION}")
     if d.get("kind", "hardware") != "hardware":
         raise ConfigError(f"{where}.kind", d.get("kind"), "expected 'hardware'")
-    pe = _mapping(d["pe_array"], f"{where}.pe_array", {"rows", "cols"}, {"rows", "cols"})
-    rf = _mapping(d["register_file_words"], f"{where}.register_file_words", {"output", "input", "weight"}, {"output", "input", "weight"})
-    acc = _mapping(d["access_pJ"], f"{where}.access_pJ", set(ACCESS_LEVELS), set(ACCESS_LEVELS))
+    pe = check_keys(d["pe_array"], f"{where}.pe_array", {"rows", "cols"}, {"rows", "cols"})
+    rf = check_keys(d["register_file_words"], f"{where}.register_file_words", {"output", "input", "weight"}, {"output", "input", "weight"})
+    acc = check_keys(d["access_pJ"], f"{where}.access_pJ", set(ACCESS_LEVELS), set(ACCESS_LEVELS))
     access = tuple((k, _num(acc, k, f"{where}.access_pJ", positive=False)) for k in ACCESS_LEVELS)
     precs = d["precisions"]
     if not isinstance(precs, dict) or not precs:
@@ -256,12 +244,12 @@ def _hardware_from_dict(d: Any, where: str) -> Hardware:
             raise ConfigError(w, b, "keys are operand widths in bits, e.g. 32, 16, 8") from None
         if bits < 1 or str(bits) != str(b).strip():
             raise ConfigError(w, b, "keys are operand widths in bits, e.g. 32, 16, 8")
-        _mapping(p, w, {"mult_pJ", "add_pJ", "shift_pJ", "memory_factor", "compute_factor"}, {"mult_pJ", "add_pJ", "shift_pJ"})
+        check_keys(p, w, {"mult_pJ", "add_pJ", "shift_pJ", "memory_factor", "compute_factor"}, {"mult_pJ", "add_pJ", "shift_pJ"})
         p = {"memory_factor": 1, "compute_factor": 1, **p}
         plist.append((bits, PrecisionCosts(*(_num(p, k, w, positive=k.endswith("factor")) for k in ("mult_pJ", "add_pJ", "shift_pJ", "memory_factor", "compute_factor")))))
     plist.sort(key=lambda t: -t[0])
-    shift = _mapping(d.get("shift", {"word_bits": 10, "latency_speedup": 3.2}), f"{where}.shift", {"word_bits", "latency_speedup"}, {"word_bits", "latency_speedup"})
-    add = _mapping(d.get("add", {"free_levels": ["dram", "dram_gb", "gb", "noc"]}), f"{where}.add", {"free_levels"}, {"free_levels"})
+    shift = check_keys(d.get("shift", {"word_bits": 10, "latency_speedup": 3.2}), f"{where}.shift", {"word_bits", "latency_speedup"}, {"word_bits", "latency_speedup"})
+    add = check_keys(d.get("add", {"free_levels": ["dram", "dram_gb", "gb", "noc"]}), f"{where}.add", {"free_levels"}, {"free_levels"})
     free = add["free_levels"]
     if not isinstance(free, list) or any(x not in ACCESS_LEVELS for x in free):
         raise ConfigError(f"{where}.add.free_levels", free, f"a list of access levels from: {', '.join(ACCESS_LEVELS)}")

@@ -117,27 +117,7 @@ def torch_threads(n: int | None) -> Iterator[int]:
 
 def time_calls(fn: Callable[[], object], warmup: int = 10, repeats: int = 50, device: str = "cpu") -> Timing:
     """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls."""
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ConfigError("repeats", repeats, "expected a positive integer")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ConfigError("warmup", warmup, "expected a non-negative integer")
-    sync: Callable[[], None] = lambda: None  # noqa: E731
-    if device == "cuda":
-        import torch
-
-        sync = torch.cuda.synchronize
-    for _ in range(warmup):
-        fn()
-    sync()
-    clock = time.perf_counter_ns
-    times = []
-    for _ in range(repeats):
-        t0 = clock()
-        fn()
-        sync()
-        times.append(clock() - t0)
-    ms = [t / 1e6 for t in times]
-    return Timing(statistics.median(ms), statistics.fmean(ms), statistics.pstdev(ms), repeats, warmup)
+    return _round_robin([fn], warmup, repeats, device)[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -223,3 +223,17 @@ def _conv_terms(in_channels: int, groups: int, kernel_size: tuple[int, int]) -> 
 
 def _numel(shape: Any) -> int:
     return int(math.prod(int(s) for s in shape))
+
+
+def _conv_repr(m: Any) -> str:
+    """``nn.Conv2d``-style repr of a conv-like operator (shared by the shift and add convs)."""
+    s = f"{m.in_channels}, {m.out_channels}, kernel_size={m.kernel_size}, stride={m.stride}"
+    if m.padding != (0, 0):
+        s += f", padding={m.padding}"
+    if m.dilation != (1, 1):
+        s += f", dilation={m.dilation}"
+    if m.groups != 1:
+        s += f", groups={m.groups}"
+    if m.bias is None:
+        s += ", bias=False"
+    return s

@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.errors import ConfigError
-from nas.ops import _check_int, _conv_config, _conv_terms, _ext, _numel, _pair, op_counts
+from nas.ops import _check_int, _conv_config, _conv_repr, _conv_terms, _ext, _numel, _pair, op_counts
 
 __all__ = [
     "AdderConv2d",
@@ -439,16 +439,7 @@ class AdderConv2d(nn.Module):
         return op_counts("add", k, _numel(out_shape), self.bias is not None)
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s + f", eta={self.eta}"
+        return _conv_repr(self) + f", eta={self.eta}"
 
 
 class AdderLinear(nn.Module):

@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.errors import ConfigError
-from nas.ops import _check_choice, _check_int, _conv_config, _conv_terms, _numel, op_counts
+from nas.ops import _check_choice, _check_int, _conv_config, _conv_repr, _conv_terms, _numel, op_counts
 
 __all__ = [
     "SHIFT_TYPES",
@@ -374,16 +374,7 @@ class ShiftConv2d(_ShiftMixin, nn.Module):
         return op_counts("shift", k, _numel(out_shape), self.bias is not None)
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s + self._shift_repr()
+        return _conv_repr(self) + self._shift_repr()
 
 
 class ShiftLinear(_ShiftMixin, nn.Module):

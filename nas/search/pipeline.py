@@ -95,6 +95,7 @@ class SearchRun:
         self.progress = progress
         self.budget: Budget = parse_budget(self.cfg.budget)
         self.state: dict[str, Any] = {"schema_version": STATE_VERSION, "done": {}}
+        self.ray_options = None  # with cfg.ray_address: a nas.search.ray_adapter.RayOptions (None: from the environment)
         state_path = self.out / "state.json"
         if state_path.is_file():
             self.state = json.loads(state_path.read_text())
@@ -154,15 +155,28 @@ class SearchRun:
         return info
 
     # ------------------------------------------------------------------------------ steps
-    def run_supernet(self):
+    def supernet_trainer(self):
+        """The run's SupernetTrainer (also built by every Ray Train worker, nas.search.ray_adapter)."""
         from nas.supernet.train import SupernetTrainer
 
         c = self.cfg
-        sup = SupernetTrainer(self.space, c.op, self.loaders, self.out, epochs=c.supernet_epochs, lr=c.lr, seed=c.seed,
-                              remap=c.remap, op_options={"add": {"eta": c.eta}}, progress=self.progress)
+        return SupernetTrainer(self.space, c.op, self.loaders, self.out, epochs=c.supernet_epochs, lr=c.lr, seed=c.seed,
+                               remap=c.remap, op_options={"add": {"eta": c.eta}}, progress=self.progress)
+
+    def run_supernet(self):
+        c = self.cfg
+        sup = self.supernet_trainer()
         if "supernet" not in self.state["done"]:
             t0 = time.time()
-            sup.fit(self.out / "supernet.pt", self.out / "supernet_log.json")
+            if c.ray_address:  # Ray Train: data-parallel workers; rank 0 writes supernet.pt and the log
+                import torch
+
+                from nas.search.ray_adapter import train_supernet
+
+                train_supernet(self)
+                sup.load_state_dict(torch.load(self.out / "supernet.pt", map_location="cpu", weights_only=True))
+            else:
+                sup.fit(self.out / "supernet.pt", self.out / "supernet_log.json")
             self.mark("supernet", {"epochs": c.supernet_epochs, "time_s": round(time.time() - t0, 1)})
         else:
             import torch
@@ -181,15 +195,20 @@ class SearchRun:
                               budget=self.budget.value, multiples=c.aug_multiples, population=c.population,
                               generations=c.generations, seed=c.seed, unit=self.budget.unit)
         t0 = time.time()
-        if c.ray_address:
+        fan_out = None
+        if c.ray_address:  # Ray: the population is evaluated by actors that hold the supernet, results in order
             from nas.search.ray_adapter import batch_fitness
 
-            evo.batch_fitness = batch_fitness(self)
-        best = evo.run(self.out / "stage1.json", self.out / "population.csv", self.progress)
+            fan_out = evo.batch_fitness = batch_fitness(self)
+        try:
+            best = evo.run(self.out / "stage1.json", self.out / "population.csv", self.progress)
+        finally:
+            if fan_out is not None:
+                fan_out.close()  # frees the actors' CPUs for stage two
         sub = self.space.decode(best.genome, "subnet")
         sub.save(self.out / "subnet.json")
         r = {"subnet": sub.to_dict(), "multiple": best.multiple, "cost": best.cost, "accuracy": best.accuracy,
-             "evaluations": evaluator.calls, "time_s": round(time.time() - t0, 1)}
+             "evaluations": (fan_out or evaluator).calls, "time_s": round(time.time() - t0, 1)}
         self.mark("stage1", r)
         return sub, r
 
@@ -225,16 +244,23 @@ class SearchRun:
             return self.state["done"]["train"]
         c = self.cfg
         train_dir = self.out / "train"
-        if (train_dir / "config.json").is_file():
-            trainer = resume_trainer(train_dir, progress=self.progress, export_dir=self.out / "target")
-        else:
+        tc = None
+        if not (train_dir / "config.json").is_file():
             tc = TrainConfig(model=None, op=c.op, aug=c.aug, remap=c.remap, eta=c.eta, dataset=c.dataset, data_root=c.data_root,
                              resolution=self.space.resolution, batch_size=c.batch_size, epochs=c.final_epochs, lr=c.lr,
                              seed=c.seed, max_train_images=c.max_train_images, bn_images=c.bn_images,
                              subnet=subnet.to_dict(), target_arch=target["target"], target_blocks=target["blocks"],
                              inherit=str(self.out / "supernet.pt"))
-            trainer = Trainer(tc, train_dir, progress=self.progress, export_dir=self.out / "target")
-        s = trainer.fit()
+        if c.ray_address:  # Ray Train: data-parallel workers; rank 0 writes train/ and target/
+            from nas.search.ray_adapter import train_target
+
+            s = train_target(self, tc)
+        else:
+            if tc is None:
+                trainer = resume_trainer(train_dir, progress=self.progress, export_dir=self.out / "target")
+            else:
+                trainer = Trainer(tc, train_dir, progress=self.progress, export_dir=self.out / "target")
+            s = trainer.fit()
         self.write_cost(Arch.load(self.out / "target" / "arch.json"))
         self.mark("train", s)
         return s

@@ -60,6 +60,11 @@ class SupernetTrainer:
         smallest = space.min_arch()
         t, tb = TargetSpace(space, smallest).decode(TargetSpace(space, smallest).extreme_genome(False), "smallest")
         self.smallest = (t.with_ops(op), tb)
+        # data-parallel hooks, set only by nas.search.ray_adapter (Ray Train); None / True is the local path
+        self.shard = None  # (x, y) -> this rank's part of the batch
+        self.grad_sync = None  # net -> None: gradients (and BN statistics) made equal on every rank
+        self.is_writer = True  # only rank 0 writes the checkpoint and the log
+        self.on_epoch = None  # row -> None, after each epoch (ray.train.report)
 
     # ------------------------------------------------------------------------------ steps
     def sample_pair(self):
@@ -70,6 +75,8 @@ class SupernetTrainer:
         return sub, target.with_ops(self.op), blocks
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        if self.shard is not None:  # distributed: this rank's samples of the batch
+            x, y = self.shard(x, y)
         net = self.net
         lr = cosine_lr(self.global_step, self.total_steps, self.warmup, self.lr)
         for g in self.optimizer.param_groups:
@@ -88,6 +95,8 @@ class SupernetTrainer:
         loss_t.backward()
         net.set_active_subnet(*self.smallest)
         distill_loss(net(x), soft).backward()
+        if self.grad_sync is not None:  # distributed: average gradients across ranks
+            self.grad_sync(net)
         self.optimizer.step()
         self.global_step += 1
         return {"loss_largest": F.cross_entropy(logits.detach(), y).item(), "loss_target": loss_t.item(),
@@ -140,7 +149,10 @@ class SupernetTrainer:
                 bar.set_postfix(largest=f"{100 * stats['acc_largest']:.0f}%", target=f"{stats['loss_target']:.2f}")
             bar.close()
             self.epoch = epoch + 1
-            atomic_torch_save(self.state_dict(), checkpoint)
+            if self.is_writer:
+                atomic_torch_save(self.state_dict(), checkpoint)
             rows.append({"epoch": self.epoch, "time_s": round(time.time() - t0, 1), **{k: round(v / self.steps_per_epoch, 4) for k, v in sums.items()}})
-            if log is not None:
+            if log is not None and self.is_writer:
                 atomic_write_json(log, {"epochs": rows})
+            if self.on_epoch is not None:
+                self.on_epoch(rows[-1])
