@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--random", type=int, default=3)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--workdir", default="/tmp/shiftaddaug-search-vs-random")
+    p.add_argument("--workdir", default="/tmp/shiftaddaug-search-vs-random", help="scratch folder; rerunning with the same one reuses finished trainings")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
@@ -43,7 +43,7 @@ def main() -> None:
     from nas.search.evaluator import Pricer
     from nas.search.pipeline import SearchConfig, SearchRun
     from nas.space import SearchSpace
-    from nas.train.trainer import TrainConfig, Trainer
+    from nas.train.trainer import TrainConfig, Trainer, resume_trainer
 
     work = Path(args.workdir)
     t0 = time.time()
@@ -68,10 +68,15 @@ def main() -> None:
                 break
 
     def train(arch: Arch, seed: int) -> float:
+        out = work / f"train-{arch.name}-s{seed}"
+        if (out / "summary.json").is_file():  # finished by an earlier, interrupted invocation
+            return json.loads((out / "summary.json").read_text())["test_acc"]
+        if (out / "checkpoint.pt").is_file():
+            return resume_trainer(out, progress=False).fit()["test_acc"]
         path = work / "archs" / f"{arch.name}.json"
         arch.with_ops("mult").save(path)
         cfg = TrainConfig(model=None, arch=str(path), op=args.op, aug="shiftaddaug", epochs=args.epochs, seed=seed)
-        return Trainer(cfg, work / f"train-{arch.name}-s{seed}", progress=False).fit()["test_acc"]
+        return Trainer(cfg, out, progress=False).fit()["test_acc"]
 
     rows = []
     for arch in [searched.replace(name="searched")] + randoms:

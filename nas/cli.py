@@ -398,9 +398,22 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=d.workers, help="data loader workers (image folders)")
     p.add_argument("--max-train-images", type=int, metavar="N", help="train on the first N images of the training split")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-train-<model>-<op>-<aug>)")
+    p.add_argument("--ray-address", metavar="local|auto|HOST:PORT",
+                   help="data-parallel training with Ray Train on that cluster (needs the ray extra; docs/ray.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    if args.resume:
+    if args.ray_address:
+        from nas.search.ray_adapter import check_ray
+
+        check_ray(args.ray_address)  # before anything runs: a one-line error without ray
+    if args.resume and args.ray_address:
+        from nas.search.ray_adapter import train as ray_train
+
+        if not (Path(args.resume) / "config.json").is_file():
+            raise ConfigError("--resume", args.resume, "a shiftaddaug-train run directory (with config.json)")
+        print(f"resuming {args.resume} on Ray ({args.ray_address})")
+        out, s = Path(args.resume), ray_train(args.ray_address, args.resume)["summary"]
+    elif args.resume:
         trainer = resume_trainer(args.resume, progress=not args.quiet)
         print(f"resuming {args.resume} at epoch {trainer.epoch}/{trainer.cfg.epochs}")
     else:
@@ -413,12 +426,18 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             dataset=args.dataset, data_root=args.data_root, batch_size=args.batch_size, workers=args.workers,
             max_train_images=args.max_train_images, epochs=args.epochs, lr=args.lr, seed=args.seed,
         ).validate()
-        name = f"train-{args.model or __import__('pathlib').Path(args.arch).stem}-{args.op}-{args.aug}"
+        name = f"train-{args.model or Path(args.arch).stem}-{args.op}-{args.aug}"
         out = args.out or default_run_dir(name)
-        trainer = Trainer(cfg, out, progress=not args.quiet)
-    s = trainer.fit()
+        if args.ray_address:
+            from nas.search.ray_adapter import train as ray_train
+
+            out, s = Path(out), ray_train(args.ray_address, out, cfg)["summary"]
+        else:
+            trainer = Trainer(cfg, out, progress=not args.quiet)
+    if not args.ray_address:
+        out, s = trainer.out, trainer.fit()
     print()
-    print(f"run directory   {trainer.out}")
+    print(f"run directory   {out}")
     print(f"TargetNet       {s['target']} ({s['op']}, trained with aug={s['aug']}, remap={s['remap']}, {s['epochs']} epochs)")
     print(f"accuracy        val {s['val_acc']:.2f}%   test {s['test_acc']:.2f}%")
     ex = s["export"]
@@ -480,7 +499,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         if args.ray_address:
             from nas.search.ray_adapter import check_ray
 
-            check_ray()
+            check_ray(args.ray_address)
         run = SearchRun(cfg, args.out or default_run_dir(f"search-{args.op}-{args.budget.replace(' ', '')}"), progress=not args.quiet)
     s = run.run()
     print()

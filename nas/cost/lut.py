@@ -558,7 +558,7 @@ class LookupTable:
                 if not is_charged(L):
                     rows.append((L, None))
                     continue
-                k = (L.kind, L.name.rsplit(".", 1)[-1] if L.kind == "se" else "", *L.key()[1:])
+                k = shape_key(L)
                 r = entries.get(k)
                 if r is None:
                     r = self._missing(L, None, on_missing, arch, computed)
@@ -568,7 +568,7 @@ class LookupTable:
 
         for L in layers:
             act = layer_act(arch, L)
-            k = (L.kind, L.name.rsplit(".", 1)[-1] if L.kind == "se" else "", *L.key()[1:], act)
+            k = shape_key(L, act)
             r = entries.get(k)
             if r is None:
                 r = self._missing(L, act, on_missing, arch, computed)

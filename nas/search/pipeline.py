@@ -13,6 +13,10 @@
 ``state.json`` records every finished step with its result; ``--resume DIR`` skips them, and the
 step that was running continues from its own checkpoint (supernet epoch, evolution generation,
 Optuna trial, training epoch).
+
+With ``ray_address`` (``--ray-address``) steps 1-4 run on a Ray cluster through
+``nas.search.ray_adapter`` (the small branches marked "Ray" below; docs/ray.md), writing the same
+files, so a run can switch between local and Ray.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from nas.space import SearchSpace, TargetSpace
 
 PRESETS: dict[str, dict[str, Any]] = {
     # minutes on a 2-core CPU with the bundled dataset
-    "quick": dict(space="tiny", supernet_epochs=3, population=10, generations=4, trials=24, final_epochs=5,
+    "quick": dict(space="tiny", supernet_epochs=4, population=12, generations=4, trials=30, final_epochs=8,
                   batch_size=64, lr=0.05, eval_images=500, bn_images=500, max_train_images=None),
     # the paper's scale (CIFAR-100 at 160x160): GPU-days
     "paper": dict(space="paper160", supernet_epochs=120, population=100, generations=20, trials=300, final_epochs=250,
@@ -125,12 +129,12 @@ class SearchRun:
         from nas.search.evaluator import Pricer
 
         c = self.cfg
+        base = SearchSpace.load(c.space)  # bad input fails here, before the run directory exists
+        self.loaders = build_loaders(c.dataset, c.data_root, resolution=base.resolution, batch_size=c.batch_size,
+                                     seed=c.seed, max_train_images=c.max_train_images)
         self.out.mkdir(parents=True, exist_ok=True)
         if not (self.out / "config.json").is_file():
             atomic_write_json(self.out / "config.json", {"schema_version": 1, "kind": "search", "search": c.to_dict()})
-        base = SearchSpace.load(c.space)
-        self.loaders = build_loaders(c.dataset, c.data_root, resolution=base.resolution, batch_size=c.batch_size,
-                                     seed=c.seed, max_train_images=c.max_train_images)
         self.space = base.with_task(num_classes=self.loaders.num_classes)
         self.calib = calibration_batches(self.loaders, n_images=min(c.bn_images, self.loaders.train.num_images), batch_size=100, seed=c.seed)
         self.val = _take(self.loaders.val, c.eval_images, c.seed)

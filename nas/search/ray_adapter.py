@@ -1,0 +1,587 @@
+"""The search on a Ray cluster: the only module that imports ray, and only inside functions.
+
+``--ray-address local|auto|HOST:PORT`` (``SearchConfig.ray_address``) sends every step of
+``shiftaddaug-search`` to Ray, each with the Ray library meant for it:
+
+* supernet training and ShiftAddAug training: Ray Train, ``TorchTrainer`` (gloo on CPU, NCCL with
+  ``use_gpu``), ``ScalingConfig(num_workers=N)``. Every rank builds the same trainer from the run
+  directory (same seeds: same initial weights, same batches, same sampled subnets), takes the
+  samples ``rank::N`` of each batch, and before every optimizer step one ``all_reduce`` averages
+  the gradients (weighted by shard size) and hands every rank rank 0's BatchNorm statistics (what
+  DDP does; DDP itself does not fit, the active subnet changes every step). So the weights stay
+  bit-identical on every rank, and after every epoch the ranks compare a hash of their weights and
+  of the subnets they sampled; a difference stops the run. Only rank 0 writes files: the same
+  ``supernet.pt`` / ``train/checkpoint.pt`` as a local run, so a run can switch between local and
+  Ray, and a restarted worker group (``FailureConfig(max_failures)``) resumes from the last epoch.
+* stage one: the population is evaluated by actors (one CPU, one torch thread each) that hold
+  the supernet, the calibration and the validation batches; ``ActorPool.map`` returns the scores in
+  order, so the evolution follows exactly the local trajectory. Actors restart
+  (``max_restarts``) and re-run the interrupted call (``max_task_retries``) when a worker dies.
+* stage two: Ray Tune with ``OptunaSearch`` on the run's own study (the ``stage2.journal``
+  JournalStorage, study ``stage2``, the same seeded TPE sampler): the define-by-run function is
+  ``target_search.define_target`` and sets the TargetNet's table price as
+  ``trial.set_constraint`` (known before training); each trial evaluates the TargetNet in the
+  supernet and reports its accuracy. Killed trials are retried by Tune (``FailureConfig``); a
+  killed driver leaves RUNNING trials that the next run re-queues, exactly as the local path.
+
+Results equal the local run's, or differ in these documented ways (tests/test_ray.py checks each):
+
+* stage one: equal for any number of actors (fitness is a pure function of the architecture).
+* stage two: equal with ``max_concurrent=1``. With more trials in flight TPE proposes a trial
+  before the results of the ones still running are in, so the trial sequence differs (each trial
+  is still exactly evaluated and priced; the two warm-start trials are identical).
+* training: one worker gives bit-identical weights. N > 1 workers compute BatchNorm batch
+  statistics per shard (like DDP without SyncBatchNorm), sum the gradient in a different order,
+  and with ``add`` layers AdderNet's adaptive gradient scale normalises each rank's gradient
+  before the average: the same algorithm, weights that differ by that much.
+* torch's thread count changes float rounding: workers use ``cpus_per_worker`` threads (1 by
+  default); compare against a local run with as many (``torch.set_num_threads``).
+
+Quiet, local-only defaults: ``RAY_AUTH_MODE=disabled`` (no token written under $HOME),
+``RAY_USAGE_STATS_ENABLED=0``, and for ``local`` and loopback addresses
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray binds 127.0.0.1 only); all set with
+``os.environ.setdefault`` before ray is imported. Tune and Train results go to ``<run>/ray/``.
+Multi-node use (docs/ray.md): every node needs this package and the data, and the run directory
+must be on a filesystem all nodes share (rank 0 may run anywhere and writes it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import uuid
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from nas.errors import ConfigError
+
+INSTALL_HINT = "needs the ray extra: pip install -e '.[ray]'"
+# no auth token under $HOME, no usage stats, and Tune's legacy reporter (silent with verbose=0; the
+# new one prints an experiment table regardless)
+QUIET_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+# ---------------------------------------------------------------------------------- options
+@dataclass
+class RayOptions:
+    """How much of the cluster each step uses (``SearchRun.ray_options``, or the environment)."""
+
+    eval_workers: int | None = None  # stage-one actors; default: the cluster's free CPUs
+    max_concurrent: int | None = None  # stage-two trials in flight; default: the cluster's CPUs (1: the local study)
+    train_workers: int | None = None  # Ray Train workers; default: min(CPUs / cpus_per_worker, batch_size // 16)
+    cpus_per_worker: int = 1  # CPUs (and torch threads) of each training worker
+    use_gpu: bool = False  # one GPU per training worker and NCCL (the trainers compute on CPU today)
+    max_failures: int = 3  # restarts of a killed actor, trial or training worker group
+
+    ENV_PREFIX = "SHIFTADDAUG_RAY_"
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "use_gpu":
+                if not isinstance(v, bool):
+                    raise ConfigError(f"{self.ENV_PREFIX}{f.name.upper()}", v, "0 or 1")
+            elif v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if f.name == "max_failures" else 1)):
+                raise ConfigError(f"{self.ENV_PREFIX}{f.name.upper()}", v, "a positive integer" + (" or 0" if f.name == "max_failures" else ""))
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None) -> "RayOptions":
+        """``SHIFTADDAUG_RAY_EVAL_WORKERS=4`` etc.; unset variables keep the defaults."""
+        environ = os.environ if environ is None else environ
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            text = environ.get(cls.ENV_PREFIX + f.name.upper())
+            if text is None or text == "":
+                continue
+            if f.name == "use_gpu":
+                kw[f.name] = text.strip().lower() in ("1", "true", "yes")
+                continue
+            try:
+                kw[f.name] = int(text)
+            except ValueError:
+                raise ConfigError(cls.ENV_PREFIX + f.name.upper(), text, "an integer") from None
+        return cls(**kw)
+
+
+def options(run) -> RayOptions:
+    return getattr(run, "ray_options", None) or RayOptions.from_env()
+
+
+# ---------------------------------------------------------------------------------- connecting
+def _host(address: str) -> str | None:
+    """The host of HOST:PORT (IPv6 in brackets), None when ``address`` is not of that form."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]")
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "local":
+        return True
+    host = _host(address)
+    return host is not None and (host == "localhost" or host == "::1" or host.startswith("127."))
+
+
+def _prepare_env(address: str | None) -> None:
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    if address is not None and _is_loopback(address):
+        # read when ray is imported: keep the node (and the address the driver resolves) on 127.0.0.1
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def check_ray(address: str | None = None) -> None:
+    """Raise a one-line ``ConfigError`` when ray (with Tune and Train) is not installed or the
+    address is malformed. Sets the quiet defaults first, so call it before anything imports ray."""
+    if address is not None and address not in ("local", "auto") and _host(address) is None:
+        raise ConfigError("--ray-address", address, "allowed: local, auto or HOST:PORT")
+    _prepare_env(address)
+    try:
+        import ray  # noqa: F401
+        import ray.train  # noqa: F401
+        import ray.tune  # noqa: F401
+    except ImportError:
+        raise ConfigError("--ray-address", address, INSTALL_HINT) from None
+
+
+def connect(address: str) -> None:
+    """Connect this process to Ray once: ``local`` starts an in-process cluster on this machine's
+    CPUs (no dashboard), ``auto`` / ``HOST:PORT`` join a running one (``ray start --head``)."""
+    check_ray(address)
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
+    if address == "local":
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+        return
+    try:
+        ray.init(address=address, **quiet)
+    except ConnectionError as e:
+        raise ConfigError("--ray-address", address, f"no Ray cluster answers there ({e}); start one with "
+                          "`ray start --head --port=PORT` or use --ray-address local") from None
+
+
+def _storage(run) -> str:
+    """Where Tune and Train write: ``<run>/ray`` (absolute, as Ray requires)."""
+    return str((Path(run.out) / "ray").resolve())
+
+
+# ---------------------------------------------------------------------------------- the supernet, for evaluation
+def _supernet(run):
+    """The trained supernet as ``run_supernet`` builds it (``SupernetTrainer``), from ``supernet.pt``."""
+    import torch
+
+    with torch.random.fork_rng():  # the trainer seeds torch; leave the driver's stream alone
+        net = run.supernet_trainer().net
+    net.load_state_dict(torch.load(Path(run.out) / "supernet.pt", map_location="cpu", weights_only=True)["model"])
+    return net
+
+
+def _payload(run) -> dict:
+    """What an evaluating worker needs, shipped once through the object store (no shared disk)."""
+    return {"key": uuid.uuid4().hex, "net": _supernet(run), "calib": run.calib, "val": run.val,
+            "space": run.space, "op": run.cfg.op}
+
+
+_EVALUATORS: dict[str, Any] = {}  # per worker process: payload key -> Evaluator (Tune reuses actors)
+
+
+def _evaluator(payload: dict):
+    import torch
+
+    from nas.search.evaluator import Evaluator
+
+    ev = _EVALUATORS.get(payload["key"])
+    if ev is None:
+        torch.set_num_threads(1)
+        _EVALUATORS.clear()
+        ev = _EVALUATORS[payload["key"]] = Evaluator(payload["net"], payload["calib"], payload["val"])
+    return ev
+
+
+class EvalActor:
+    """A stage-one worker: holds the supernet and the cached batches, scores SubNets.
+
+    The payload comes with each call as a reference inside a list (Ray leaves it unresolved) and
+    is fetched once per actor process: a restarted actor reloads it on its first call. (A payload
+    passed to the constructor would do the same, but Ray logs an error for every restartable actor
+    with constructor arguments in the object store.)
+    """
+
+    def __init__(self):
+        self.evaluator = None
+
+    def accuracy(self, arch, payload_ref: list) -> float:
+        if self.evaluator is None:
+            import ray
+
+            self.evaluator = _evaluator(ray.get(payload_ref[0]))
+        return self.evaluator.accuracy(arch)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class BatchFitness:
+    """``EvolutionSearch.batch_fitness``: a list of Archs -> their accuracies, in order.
+
+    Deduplicates and caches by ``Evaluator.key`` like the local Evaluator, so ``calls`` counts the
+    same evaluations. ``close()`` kills the actors (their CPUs go back to the cluster).
+    """
+
+    def __init__(self, actors: list, payload_ref):
+        from ray.util import ActorPool
+
+        self.actors = actors
+        self.pool = ActorPool(actors)
+        self._payload = [payload_ref]  # owned by this driver: alive as long as this object
+        self.cache: dict[str, float] = {}
+        self.calls = 0
+
+    def __call__(self, archs: list) -> list[float]:
+        from nas.search.evaluator import Evaluator
+
+        keys = [Evaluator.key(a) for a in archs]
+        todo: dict[str, Any] = {}
+        for k, a in zip(keys, archs):
+            if k not in self.cache and k not in todo:
+                todo[k] = a
+        if todo:
+            scores = self.pool.map(lambda actor, a: actor.accuracy.remote(a, self._payload), list(todo.values()))
+            for k, acc in zip(todo, scores):
+                self.cache[k] = float(acc)
+            self.calls += len(todo)
+        return [self.cache[k] for k in keys]
+
+    def pids(self) -> list[int]:
+        import ray
+
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+
+
+def batch_fitness(run, workers: int | None = None) -> BatchFitness:
+    """Stage-one evaluation on Ray actors (``workers``, default ``RayOptions.eval_workers`` or one
+    per free CPU), each with one CPU and one torch thread, restarted when their process dies."""
+    connect(run.cfg.ray_address)
+    import ray
+
+    opts = options(run)
+    n = workers or opts.eval_workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    ref = ray.put(_payload(run))
+    actor_cls = ray.remote(num_cpus=1, max_restarts=opts.max_failures, max_task_retries=opts.max_failures)(EvalActor)
+    actors = [actor_cls.remote() for _ in range(n)]
+    return BatchFitness(actors, ref)
+
+
+# ---------------------------------------------------------------------------------- stage two: Tune + OptunaSearch
+class TargetDefineByRun:
+    """OptunaSearch's define-by-run space (runs in the driver; Tune pickles it with the searcher):
+    the TargetSpace genes (``define_target``), then the table price as ``trial.set_constraint``,
+    known before any training, and the user attributes the local objective sets."""
+
+    def __init__(self, ts, pricer, budget: float):
+        self.ts, self.pricer, self.budget = ts, pricer, budget
+
+    def __call__(self, trial) -> None:
+        from nas.search.target_search import define_target
+
+        target, blocks = self.ts.decode(define_target(trial, self.ts))
+        price = self.pricer.cost(target)
+        trial.set_constraint("budget", price - self.budget)
+        trial.set_user_attr("cost", price)
+        trial.set_user_attr("arch_id", target.arch_id)
+        trial.set_user_attr("blocks", blocks)
+
+
+def _stage_two_trial(config: dict, payload: dict) -> None:
+    """One Tune trial: the TargetNet of ``config`` (TargetSpace genes), its MF accuracy in the supernet."""
+    from ray import tune
+
+    from nas.space import TargetSpace
+
+    ev = _evaluator(payload)
+    ts = TargetSpace(payload["space"], payload["subnet"])
+    target, blocks = ts.decode({k: config[k] for k in ts.genes()})
+    tune.report({"accuracy": float(ev.accuracy(target.with_ops(payload["op"]), blocks))})
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"  # <run>/ray/stage2/trial_<id>/ (Tune's default name lists every parameter)
+
+
+def _progress(run, total: int, done: int):
+    """A Tune callback drawing the local run's stage-two progress bar."""
+    from ray import tune
+    from tqdm import tqdm
+
+    class Bar(tune.Callback):
+        def __init__(self):
+            self.bar = tqdm(total=total, initial=done, desc="stage 2 (optuna on ray)", disable=not run.progress, leave=False)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.bar.update(1)
+
+        def close(self):
+            self.bar.close()
+
+    return Bar()
+
+
+def run_stage_two_ray(run, subnet, accuracy: Callable) -> tuple[Any, Any]:
+    """Stage two as a Ray Tune experiment on the run's Optuna study; ``(best_target(...), study)``
+    exactly as ``target_search.run_stage_two`` returns them."""
+    connect(run.cfg.ray_address)
+    import ray
+    from optuna.trial import TrialState
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from nas.search.target_search import best_target, open_study, requeue_interrupted
+    from nas.space import TargetSpace
+
+    c, opts = run.cfg, options(run)
+    ts = TargetSpace(run.space, subnet)
+    budget, cost = run.budget.value, run.pricer.cost
+    # the study, its resume and its warm start exactly as the local run_stage_two
+    study = open_study(Path(run.out) / "stage2.journal", "stage2", c.seed)
+    fresh = len(study.trials) == 0
+    requeue_interrupted(study)
+    if fresh:
+        for largest in (True, False):
+            study.enqueue_trial(ts.extreme_genome(largest), user_attrs={"warm_start": "largest" if largest else "smallest"})
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    remaining = max(0, c.trials - done)
+    if remaining:
+        # the same storage object and the study's own seeded sampler: one study, local or Ray
+        searcher = OptunaSearch(space=TargetDefineByRun(ts, run.pricer, budget), metric="accuracy", mode="max", sampler=study.sampler,
+                                storage=study._storage, study_name="stage2")
+        concurrent = opts.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        payload = {**_payload(run), "subnet": subnet}
+        trainable = tune.with_resources(tune.with_parameters(_stage_two_trial, payload=payload), {"cpu": 1})
+        bar = _progress(run, c.trials, done)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
+                                        num_samples=remaining, reuse_actors=True, trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(name="stage2", storage_path=_storage(run), verbose=0, callbacks=[bar],
+                                      failure_config=tune.FailureConfig(max_failures=opts.max_failures)),
+        )
+        try:
+            results = tuner.fit()
+        finally:
+            bar.close()
+        if results.errors:
+            raise RuntimeError(f"stage two: {len(results.errors)} Tune trial(s) failed after {opts.max_failures} retries; "
+                               f"first error: {results.errors[0]}")
+    return best_target(study, ts, accuracy, cost, budget), study
+
+
+# ---------------------------------------------------------------------------------- Ray Train
+class DataParallel:
+    """One rank's share of data-parallel training, as the trainers' hooks (``shard``,
+    ``grad_sync``, ``is_writer``) and an end-of-epoch check that every rank is still the same."""
+
+    def __init__(self, rank: int, world: int, device=None):
+        self.rank, self.world, self.device = rank, world, device
+        self.weight = 1.0 / world
+        self.samples: list = []  # the subnets this rank sampled since the last check
+        self.digests: list[str] = []
+
+    def attach(self, trainer, sampler_owner, sampler_name: str, key: Callable) -> None:
+        trainer.shard, trainer.grad_sync, trainer.is_writer = self.shard, self.grad_sync, self.rank == 0
+        if sampler_owner is not None:
+            sample = getattr(sampler_owner, sampler_name)
+
+            def recorded(*a, **k):
+                r = sample(*a, **k)
+                self.samples.append(key(r))
+                return r
+
+            setattr(sampler_owner, sampler_name, recorded)
+
+    def shard(self, x, y):
+        n = len(y)
+        self.weight = len(range(self.rank, n, self.world)) / n
+        return x[self.rank :: self.world], y[self.rank :: self.world]
+
+    def grad_sync(self, net) -> None:
+        """One all_reduce: sum of shard-weighted gradients, and rank 0's float buffers (BN stats)."""
+        import torch
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        bufs = [b for b in net.buffers() if b.is_floating_point()]
+        g = _flatten_dense_tensors(grads) * self.weight
+        b = _flatten_dense_tensors(bufs) if self.rank == 0 else torch.zeros(sum(t.numel() for t in bufs), dtype=g.dtype)
+        flat = torch.cat([g, b])
+        if self.device is not None and self.device.type == "cuda":  # NCCL reduces GPU tensors
+            flat = flat.to(self.device)
+        dist.all_reduce(flat)
+        flat = flat.cpu()
+        for t, v in zip(grads, _unflatten_dense_tensors(flat[: g.numel()], grads)):
+            t.copy_(v)
+        for t, v in zip(bufs, _unflatten_dense_tensors(flat[g.numel() :], bufs)):
+            t.copy_(v)
+
+    def check(self, net) -> str:
+        """Compare (sampled subnets, weights) across ranks; raise when any rank differs."""
+        import torch.distributed as dist
+
+        h = hashlib.sha256()
+        for p in net.parameters():
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        weights = h.hexdigest()[:16]
+        samples = hashlib.sha256(repr(self.samples).encode()).hexdigest()[:16]
+        self.samples = []
+        mine = (samples, weights)
+        every = [None] * self.world
+        dist.all_gather_object(every, mine)
+        if any(e != mine for e in every):
+            raise RuntimeError(f"data-parallel ranks diverged (sampled subnets, weights) per rank: {every}")
+        self.digests.append(samples)
+        return samples
+
+
+def _report_epoch(dp: DataParallel, net, row: dict) -> None:
+    import ray.train
+
+    samples = dp.check(net)
+    metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+    ray.train.report({**metrics, "world_size": dp.world, "samples_digest": samples})
+
+
+def _worker_setup(config: dict) -> DataParallel:
+    import ray.train
+    import torch
+
+    torch.set_num_threads(config["threads"])
+    ctx = ray.train.get_context()
+    device = None
+    if config["use_gpu"]:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    return DataParallel(ctx.get_world_rank(), ctx.get_world_size(), device)
+
+
+def _supernet_worker(config: dict) -> dict:
+    """Ray Train loop: the run's SupernetTrainer, data-parallel, resuming from ``supernet.pt``."""
+    from nas.search.pipeline import SearchConfig, SearchRun
+
+    dp = _worker_setup(config)
+    run = SearchRun(SearchConfig(**config["search"]), config["out"], progress=False)
+    run.setup()
+    sup = run.supernet_trainer()
+    dp.attach(sup, sup, "sample_pair", lambda r: (r[0].arch_id, r[1].arch_id, r[2]))
+    sup.on_epoch = lambda row: _report_epoch(dp, sup.net, row)
+    sup.fit(run.out / "supernet.pt", run.out / "supernet_log.json")
+    return {"world_size": dp.world, "samples_digests": dp.digests}
+
+
+def _train_worker(config: dict) -> dict:
+    """Ray Train loop: ShiftAddAug training of a TargetNet, data-parallel, resuming from its run directory."""
+    import json
+
+    from nas.train.trainer import TrainConfig, Trainer, load_checkpoint
+
+    dp = _worker_setup(config)
+    train_dir = Path(config["train_dir"])
+    cfg = config["train"] or json.loads((train_dir / "config.json").read_text())["train"]
+    trainer = Trainer(TrainConfig.from_dict(cfg), train_dir, progress=False, export_dir=config["export_dir"])
+    if (train_dir / "checkpoint.pt").is_file():  # a resumed run, or a worker group restarted by Ray
+        trainer.load_state_dict(load_checkpoint(train_dir / "checkpoint.pt"))
+    dp.attach(trainer, trainer.augmenter, "sample", lambda r: (r[0].arch_id, r[1]))
+    trainer.on_epoch = lambda row: _report_epoch(dp, trainer.net, row)
+    summary = trainer.fit()
+    return {"world_size": dp.world, "samples_digests": dp.digests, "summary": summary}
+
+
+def _scaling(batch: int, opts: RayOptions) -> tuple[int, int]:
+    """(workers, CPUs per worker) for Ray Train."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if opts.train_workers:
+        n = opts.train_workers
+    elif opts.use_gpu:
+        n = max(1, int(ray.cluster_resources().get("GPU", 1)))
+    else:
+        n = max(1, min(cpus // opts.cpus_per_worker, batch // 16))
+    if batch // n < 2:
+        raise ConfigError("SHIFTADDAUG_RAY_TRAIN_WORKERS", n, f"at most {batch // 2} for batch size {batch}: each rank needs two samples for BatchNorm")
+    return n, opts.cpus_per_worker
+
+
+def _fit(address: str, storage: Path, opts: RayOptions, batch: int, loop: Callable, config: dict, name: str) -> Any:
+    """One Ray Train run of ``loop``; records under ``storage/name``."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    n, cpus = _scaling(batch, opts)
+    resources = {"CPU": cpus, **({"GPU": 1} if opts.use_gpu else {})}
+    # a loopback cluster keeps gloo's sockets on loopback too (it otherwise picks the hostname's interface)
+    env = {"GLOO_SOCKET_IFNAME": "lo0" if sys.platform == "darwin" else "lo"} if _is_loopback(address) else {}
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={**config, "threads": cpus, "use_gpu": opts.use_gpu},
+        torch_config=TorchConfig(backend="nccl" if opts.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=n, use_gpu=opts.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve()), failure_config=FailureConfig(max_failures=opts.max_failures),
+                             worker_runtime_env={"env_vars": env} if env else None),
+    )
+    return trainer.fit().return_value
+
+
+def _missing(path: Path) -> None:
+    if not path.is_file():
+        raise RuntimeError(f"Ray Train finished but {path} is missing: on a multi-node cluster the run "
+                           "directory must be on a filesystem every node shares (docs/ray.md)")
+
+
+def train_supernet(run) -> dict:
+    """Supernet training with Ray Train; rank 0 writes ``supernet.pt`` / ``supernet_log.json``.
+    Returns ``{"world_size", "samples_digests"}`` (one hash of the sampled subnets per epoch)."""
+    connect(run.cfg.ray_address)
+    config = {"search": run.cfg.to_dict(), "out": str(Path(run.out).resolve())}
+    r = _fit(run.cfg.ray_address, Path(run.out) / "ray", options(run), run.cfg.batch_size, _supernet_worker, config, "supernet")
+    _missing(Path(run.out) / "supernet.pt")
+    return r
+
+
+def train(address: str, train_dir: str | Path, tc=None, export_dir: str | Path | None = None,
+          opts: RayOptions | None = None, storage: str | Path | None = None) -> dict:
+    """ShiftAddAug training with Ray Train: ``tc`` a TrainConfig, or None to resume ``train_dir``.
+    Rank 0 writes ``train_dir`` (and ``export_dir``, default ``train_dir/target``) exactly as a local
+    ``Trainer`` would; records under ``storage`` (default ``train_dir/ray``). Returns
+    ``{"world_size", "samples_digests", "summary"}``, the summary as ``Trainer.fit`` returns it."""
+    import json
+
+    connect(address)
+    train_dir = Path(train_dir).resolve()
+    batch = tc.batch_size if tc is not None else json.loads((train_dir / "config.json").read_text())["train"]["batch_size"]
+    config = {"train": None if tc is None else tc.to_dict(), "train_dir": str(train_dir),
+              "export_dir": None if export_dir is None else str(Path(export_dir).resolve())}
+    r = _fit(address, Path(storage) if storage else train_dir / "ray", opts or RayOptions.from_env(), batch, _train_worker, config, "train")
+    _missing(train_dir / "summary.json")
+    return r
+
+
+def train_target(run, tc) -> dict:
+    """The search's ShiftAddAug training step on Ray Train: ``run.out/train`` and ``run.out/target``."""
+    out = Path(run.out)
+    return train(run.cfg.ray_address, out / "train", tc, out / "target", options(run), out / "ray")["summary"]
