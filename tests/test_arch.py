@@ -10,9 +10,7 @@ from nas.arch import Arch, from_ofa_config, make_divisible
 from nas.errors import ConfigError
 from nas.models import zoo_arch
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "net-configs"
-if not FIXTURES.is_dir():  # CI and developers have ../shared next to the checkout
-    FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "net-configs"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "net-configs"  # real MCUNet / OFA files
 
 
 def tiny_dict():

@@ -10,7 +10,7 @@ import pytest
 
 from nas.cli import cost_main
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "net-configs"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "net-configs"  # real MCUNet / OFA files
 
 
 def run(capsys, *argv):

@@ -11,7 +11,7 @@ from nas.cost.counting import Layer, arch_layers, count_module_ops, count_ops, l
 from nas.models import build_model, zoo_arch
 from nas.models.static import layer_module_path
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "net-configs"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "net-configs"  # real MCUNet / OFA files
 
 
 def test_dense_conv_hand_computed():
