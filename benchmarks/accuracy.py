@@ -71,7 +71,6 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from nas.io import atomic_write_json, atomic_write_text
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     store = RESULTS / "accuracy.json"
     done = {key(r): r for r in (json.loads(store.read_text())["runs"] if store.is_file() else [])}
     jobs = []

@@ -146,11 +146,10 @@ def main(argv=None) -> int:
     for op, aid, n, m, pr, e in rows:
         lines.append(f"| {op} | {aid} | {n} | {m:.4f} | {pr:.4f} | {e:+.1f}% |")
     lines += ["", "</details>", ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     from nas.io import atomic_write_text
 
-    atomic_write_text(out, "\n".join(lines))
+    out = Path(args.out)
+    atomic_write_text(out, "\n".join(lines))  # makes the folder
     print(f"wrote {out}")
     return 0
 

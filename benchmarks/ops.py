@@ -281,10 +281,9 @@ def main() -> int:
     print(text)
     out = args.out if args.out is not None else (None if args.quick else ROOT / "benchmarks" / "results" / "ops.md")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(f"# Operator benchmark (`python benchmarks/ops.py`)\n\n{text}\n", encoding="utf-8")
-        os.replace(tmp, out)
+        from nas.io import atomic_write_text
+
+        atomic_write_text(out, f"# Operator benchmark (`python benchmarks/ops.py`)\n\n{text}\n")
         print(f"\nwrote {out}")
     return 0
 

@@ -143,8 +143,9 @@ def main(argv=None) -> int:
     print()
     print("\n".join(table))
     print(f"speed-up with 2 actors: {speedup:.2f}x (target >= 1.7x: {verdict})")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    from nas.io import atomic_write_text
+
+    atomic_write_text(args.out, text)
     print(f"wrote {args.out}")
     return 0
 

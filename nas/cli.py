@@ -125,26 +125,9 @@ def cost_main(argv: Sequence[str] | None = None) -> int:
 
 def _cost_table(report, price) -> str:
     """The op-count table of ``CostReport.table`` with energy (uJ) and model latency (us) columns."""
-    head = (
-        f"{'layer':<16} {'kind':<9} {'op':<5} {'in':>5} {'out':>5} {'k':>2} {'s':>2} {'hw':>8} {'MACs':>12} {'params':>9}"
-        f" {'energy uJ':>10} {'lat. us':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r, (_, e) in zip(report.rows, price.rows):
-        L = r.layer
-        if r.macs == 0 and r.params == 0:
-            continue
-        lines.append(
-            f"{L.name:<16} {L.kind:<9} {L.op:<5} {L.in_channels:>5} {L.out_channels:>5} {L.kernel_size:>2} {L.stride:>2} "
-            f"{f'{L.in_hw}->{L.out_hw}':>8} {r.macs:>12,} {r.params:>9,} {e.energy_mJ * 1e3:>10.3f} {e.latency_ms * 1e3:>8.2f}"
-        )
-    t = report.totals
+    extra = [f" {e.energy_mJ * 1e3:>10.3f} {e.latency_ms * 1e3:>8.2f}" for _, e in price.rows]
     b = price.breakdown()
-    lines.append("-" * len(head))
-    lines.append(
-        f"total: {t['macs'] / 1e6:.2f}M MACs, {t['params'] / 1e6:.3f}M params; "
-        f"mults {t['mults']:,}, adds {t['adds']:,}, shifts {t['shifts']:,}; peak activation {t['peak_act']:,} elements"
-    )
+    lines = [report.table(f" {'energy uJ':>10} {'lat. us':>8}", extra)]
     lines.append(
         f"energy: {price.energy_mJ:.4f} mJ (compute {b['compute_mJ']:.4f}, DRAM {b['dram_mJ']:.4f}, buffer {b['gb_mJ']:.4f}, "
         f"NoC {b['noc_mJ']:.4f}, RF {b['rf_mJ']:.4f}); latency {price.latency_ms:.4f} ms "

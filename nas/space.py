@@ -186,16 +186,7 @@ class SearchSpace:
                 )
                 c = out
             stages.append({"blocks": blocks})
-        d = {
-            "name": name,
-            "resolution": self.resolution,
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "stem": {"out_channels": genome["stem_out"], "kernel_size": self.stem.kernel_size, "stride": self.stem.stride, "act": self.stem.act},
-            "stages": stages,
-            "feature_mix": None if self.feature_mix is None else {"out_channels": genome["fm_out"], "act": self.feature_mix.act},
-        }
-        return Arch.from_dict(d, where=name)
+        return _arch_from_genes(name, self, genome, stages)
 
     def encode(self, arch: Arch) -> dict[str, Any]:
         """The genome of an arch of this space (raises ConfigError if it is not in the space)."""
@@ -289,6 +280,22 @@ def _in(v: Any, choices: tuple, field: str) -> None:
     if v not in choices:
         raise ConfigError(field, v, f"allowed by the space: {', '.join(map(str, choices))}")
 
+
+
+def _arch_from_genes(name: str, frame, genome: dict[str, Any], stages: list[dict]) -> Arch:
+    """An Arch with ``stages``, the stem / feature-mix widths of ``genome`` and everything else
+    (resolution, classes, stem kernel, activations) from ``frame`` (a SearchSpace or an Arch:
+    they name these fields alike)."""
+    d = {
+        "name": name,
+        "resolution": frame.resolution,
+        "num_classes": frame.num_classes,
+        "in_channels": frame.in_channels,
+        "stem": {"out_channels": genome["stem_out"], "kernel_size": frame.stem.kernel_size, "stride": frame.stem.stride, "act": frame.stem.act},
+        "stages": stages,
+        "feature_mix": None if frame.feature_mix is None else {"out_channels": genome["fm_out"], "act": frame.feature_mix.act},
+    }
+    return Arch.from_dict(d, where=name)
 
 def _match(e: float, choices: tuple[float, ...], field: str = "expand_ratio") -> float:
     for c in choices:
@@ -455,17 +462,7 @@ class TargetSpace:
                 c = out
             stages.append({"blocks": blocks})
             blocks_idx.append(idx)
-        s = self.subnet
-        d = {
-            "name": name,
-            "resolution": s.resolution,
-            "num_classes": s.num_classes,
-            "in_channels": s.in_channels,
-            "stem": {"out_channels": genome["stem_out"], "kernel_size": s.stem.kernel_size, "stride": s.stem.stride, "act": s.stem.act},
-            "stages": stages,
-            "feature_mix": None if s.feature_mix is None else {"out_channels": genome["fm_out"], "act": s.feature_mix.act},
-        }
-        return Arch.from_dict(d, where=name), blocks_idx
+        return _arch_from_genes(name, self.subnet, genome, stages), blocks_idx
 
     def encode(self, target: Arch, blocks: list[list[int]]) -> dict[str, Any]:
         """The genome of a TargetNet given with its block indices (inverse of ``decode``)."""

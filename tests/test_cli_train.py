@@ -43,6 +43,7 @@ def test_resume_finished_run_is_a_no_op(run_dir, capsys):
     (["--op", "add"], "error: --model: got None"),
     (["--model", "mbv2-tiny", "--dataset", "cifar10"], "error: data_root: got None"),
     (["--resume", "/does/not/exist"], "error: --resume: got '/does/not/exist'"),
+    (["--model", "mbv2-tiny", "--ray-address", "nowhere"], "error: --ray-address: got 'nowhere'; allowed: local, auto or HOST:PORT"),
 ])
 def test_train_errors_are_one_line(argv, msg, capsys):
     assert train_main(argv) == 2

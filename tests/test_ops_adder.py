@@ -17,19 +17,6 @@ from nas.ops import reference as R
 from nas.ops.adder import AdderConv2d, AdderLinear, adaptive_grad_scale, adder_conv2d, adder_linear, backend_for
 
 
-@pytest.fixture(params=["ext", "torch"])
-def backend(request, monkeypatch):
-    """Run the test with the C++ kernels, then with SHIFTADDAUG_NO_EXT=1 (pure torch)."""
-    if request.param == "torch":
-        monkeypatch.setenv(_ext.ENV_DISABLE, "1")
-    else:
-        monkeypatch.delenv(_ext.ENV_DISABLE, raising=False)
-        if _ext.load() is None:
-            pytest.skip(f"C++ kernels unavailable: {_ext.info()['reason']}")
-    assert backend_for(torch.zeros(1)) == request.param
-    return request.param
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from nas.errors import ConfigError
-from nas.ops import _ext
 from nas.ops.adder import AdderConv2d, AdderLinear
 from nas.ops.deploy import (
     accumulator_bits,
@@ -18,17 +17,6 @@ from nas.ops.deploy import (
     shift_linear_int,
 )
 from nas.ops.shift import ShiftConv2d, ShiftLinear, fixed_point
-
-
-@pytest.fixture(params=["ext", "torch"])
-def backend(request, monkeypatch):
-    if request.param == "torch":
-        monkeypatch.setenv(_ext.ENV_DISABLE, "1")
-    else:
-        monkeypatch.delenv(_ext.ENV_DISABLE, raising=False)
-        if _ext.load() is None:
-            pytest.skip("C++ kernels unavailable")
-    return request.param
 
 
 def _train(module, x, steps=3):

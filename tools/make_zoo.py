@@ -101,6 +101,21 @@ def mbv3(width_mult: float, name: str, resolution: int) -> Arch:
     )
 
 
+def _searched_stages(sw: list[int], cfgs: list) -> tuple[list, int]:
+    """Stages of a searched (TinyNAS / ProxylessNAS-style) network: the first depthwise-separable
+    block, then per stage (expand ratios, kernels, blocks, stride) with output widths ``sw[2:]``.
+    Returns the stages and the last stage's output channels."""
+    stages = [[_ds_block(sw[0], sw[1], "relu6")]]
+    c = sw[1]
+    for (es, ks, n, s), cout in zip(cfgs, sw[2:]):
+        blocks = []
+        for i in range(n):
+            blocks.append(_block(c, cout, ks[i], s if i == 0 else 1, make_divisible(round(es[i] * c), 8), "relu6"))
+            c = cout
+        stages.append(blocks)
+    return stages, c
+
+
 def proxyless(width_mult: float, name: str, resolution: int) -> Arch:
     sw = [make_divisible(w * width_mult, 8) for w in [32, 16, 32, 40, 80, 96, 192]]
     head = [make_divisible(w * width_mult, 8) for w in [320, 1280]]
@@ -112,14 +127,7 @@ def proxyless(width_mult: float, name: str, resolution: int) -> Arch:
         ([6, 3, 3, 3], [5, 5, 5, 5], 4, 1),
         ([6, 6, 3, 3], [7, 7, 7, 7], 4, 2),
     ]
-    stages = [[_ds_block(sw[0], sw[1], "relu6")]]
-    c = sw[1]
-    for (es, ks, n, s), cout in zip(cfgs, sw[2:]):
-        blocks = []
-        for i in range(n):
-            blocks.append(_block(c, cout, ks[i], s if i == 0 else 1, make_divisible(round(es[i] * c), 8), "relu6"))
-            c = cout
-        stages.append(blocks)
+    stages, c = _searched_stages(sw, cfgs)
     stages.append([_block(c, head[0], 7, 1, round(c * 6), "relu6")])
     return _arch(name, resolution, sw[0], "relu6", stages, {"out_channels": head[1], "act": "relu6"})
 
@@ -133,14 +141,7 @@ def mcunet(name: str = "mcunet", resolution: int = 176) -> Arch:
         ([5, 5, 5], [5, 7, 3], 3, 1),
         ([6, 5, 4], [3, 7, 3], 3, 2),
     ]
-    stages = [[_ds_block(sw[0], sw[1], "relu6")]]
-    c = sw[1]
-    for (es, ks, n, s), cout in zip(cfgs, sw[2:]):
-        blocks = []
-        for i in range(n):
-            blocks.append(_block(c, cout, ks[i], s if i == 0 else 1, make_divisible(round(es[i] * c), 8), "relu6"))
-            c = cout
-        stages.append(blocks)
+    stages, c = _searched_stages(sw, cfgs)
     stages.append([_block(c, 160, 7, 1, 480, "relu6")])
     return _arch(name, resolution, sw[0], "relu6", stages)
 

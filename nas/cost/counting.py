@@ -178,16 +178,19 @@ class CostReport:
             "layers": [r.as_row() for r in self.rows],
         }
 
-    def table(self) -> str:
-        head = f"{'layer':<16} {'kind':<9} {'op':<5} {'in':>5} {'out':>5} {'k':>2} {'s':>2} {'hw':>8} {'MACs':>12} {'params':>9}"
+    def table(self, extra_head: str = "", extra: list[str] | None = None) -> str:
+        """Per-layer text table (layers without MACs or parameters left out) and a totals line;
+        ``extra`` appends a column block to every layer row (one string per row of ``self.rows``)
+        under ``extra_head``."""
+        head = f"{'layer':<16} {'kind':<9} {'op':<5} {'in':>5} {'out':>5} {'k':>2} {'s':>2} {'hw':>8} {'MACs':>12} {'params':>9}" + extra_head
         lines = [head, "-" * len(head)]
-        for r in self.rows:
+        for i, r in enumerate(self.rows):
             L = r.layer
             if r.macs == 0 and r.params == 0:
                 continue
             lines.append(
                 f"{L.name:<16} {L.kind:<9} {L.op:<5} {L.in_channels:>5} {L.out_channels:>5} {L.kernel_size:>2} {L.stride:>2} "
-                f"{f'{L.in_hw}->{L.out_hw}':>8} {r.macs:>12,} {r.params:>9,}"
+                f"{f'{L.in_hw}->{L.out_hw}':>8} {r.macs:>12,} {r.params:>9,}" + (extra[i] if extra else "")
             )
         t = self.totals
         lines.append("-" * len(head))

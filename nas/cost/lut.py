@@ -443,44 +443,9 @@ class LookupTable:
             if self.path is not None and not self.path.exists():
                 self.save()
             return 0
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc=desc, unit="shape", disable=not progress, leave=False)
-        added = since = 0
-        try:
-            if self.kind == "energy":
-                for layer, act in todo:
-                    self.add(layer, self.compute(layer), act)
-                    added += 1
-                    since += 1
-                    bar.update(1)
-                    if self.path is not None and since >= flush_every:
-                        self.save()
-                        since = 0
-            else:
-                from nas.cost.latency import measure_layers
-
-                h = self.header
-                group = max(1, min(flush_every, self.GROUP))
-                for start in range(0, len(todo), group):
-                    chunk = todo[start : start + group]
-                    timings = measure_layers(
-                        chunk, device=h.get("device_type", "cpu"), batch=int(h.get("batch", 1)),
-                        warmup=int(h["warmup"]), repeats=int(h["repeats"]), threads=int(h["threads"]),
-                    )
-                    for (layer, act), tm in zip(chunk, timings):
-                        self.add(layer, tm.as_row(), act)
-                    added += len(chunk)
-                    since += len(chunk)
-                    bar.update(len(chunk))
-                    if self.path is not None and since >= flush_every:
-                        self.save()
-                        since = 0
-        finally:
-            bar.close()
-            if self.path is not None and since:
-                self.save()
-        return added
+        group = 1 if self.kind == "energy" else max(1, min(flush_every, self.GROUP))
+        chunks = ((c, c) for c in (todo[i : i + group] for i in range(0, len(todo), group)))
+        return self._fill(chunks, len(todo), progress, flush_every, desc)
 
     def build_from_archs(self, archs: Iterable, *, progress: bool = True, flush_every: int = 50, total: int | None = None,
                          desc: str = "measuring layers") -> int:
@@ -490,30 +455,43 @@ class LookupTable:
         network they belong to, and keep the shapes not yet in the table; energy tables just price
         the missing shapes. Saves every ``flush_every`` new rows and at the end. Returns rows added.
         """
-        from tqdm.auto import tqdm
+        from nas.cost.latency import layer_act
 
-        from nas.cost.latency import layer_act, measure_layers
+        def chunks():
+            for arch in archs:
+                items = [(L, layer_act(arch, L)) for L in arch_layers(arch)]
+                new = self.missing(items)
+                if new:
+                    yield items, new
+
+        return self._fill(chunks(), total, progress, flush_every, desc)
+
+    def _fill(self, chunks: Iterable, total: int | None, progress: bool, flush_every: int, desc: str) -> int:
+        """Add the rows of ``new`` for each ``(context, new)`` chunk: energy rows priced, latency rows
+        taken from timing all of ``context`` in turn (``measure_layers``). Saves every
+        ``flush_every`` new rows and at the end (also when interrupted); returns rows added."""
+        from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=desc, unit="shape", disable=not progress, leave=False)
         added = since = 0
         h = self.header
         try:
-            for arch in archs:
-                items = [(L, layer_act(arch, L)) for L in arch_layers(arch)]
-                new = self.missing(items)
-                if not new:
-                    continue
+            for context, new in chunks:
                 if self.kind == "energy":
-                    for L, act in new:
-                        self.add(L, self.compute(L, act), act)
+                    rows = [self.compute(L, act) for L, act in new]
                 else:
+                    from nas.cost.latency import measure_layers
+
                     timings = measure_layers(
-                        items, device=h.get("device_type", "cpu"), batch=int(h.get("batch", 1)),
+                        context, device=h.get("device_type", "cpu"), batch=int(h.get("batch", 1)),
                         warmup=int(h["warmup"]), repeats=int(h["repeats"]), threads=int(h["threads"]),
                     )
-                    for (L, act), tm in zip(items, timings):
-                        if self.key(L, act) not in self.entries:
-                            self.add(L, tm.as_row(), act)
+                    by_key: dict = {}
+                    for (L, act), tm in zip(context, timings):
+                        by_key.setdefault(self.key(L, act), tm)  # a shape's first timing in the group
+                    rows = [by_key[self.key(L, act)].as_row() for L, act in new]
+                for (L, act), row in zip(new, rows):
+                    self.add(L, row, act)
                 added += len(new)
                 since += len(new)
                 bar.update(len(new))

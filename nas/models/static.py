@@ -112,15 +112,21 @@ class Network(nn.Module):
         for stage in self.stages:
             for block in stage:
                 x = block(x)
-        if self.feature_mix is not None:
-            x = self.feature_mix(x)
-        x = F.adaptive_avg_pool2d(x, 1)
-        if self.post_pool is not None:
-            x = self.post_pool(x)
-        return torch.flatten(x, 1)
+        return pooled_features(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.forward_features(x)))
+
+
+def pooled_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The head of a network after its last block (static or supernet): feature mix, global
+    average pool, the optional post-pool layer, flatten."""
+    if net.feature_mix is not None:
+        x = net.feature_mix(x)
+    x = F.adaptive_avg_pool2d(x, 1)
+    if net.post_pool is not None:
+        x = net.post_pool(x)
+    return torch.flatten(x, 1)
 
 
 def layer_module_path(layer_name: str) -> str:

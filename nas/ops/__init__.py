@@ -190,6 +190,7 @@ def _pair(field: str, value: Any, low: int) -> tuple[int, int]:
 
 
 def _conv_config(
+    module: Any,
     in_channels: Any,
     out_channels: Any,
     kernel_size: Any,
@@ -199,7 +200,9 @@ def _conv_config(
     groups: Any,
     padding_mode: Any,
 ) -> tuple:
-    """Validated (kernel_size, stride, padding, dilation) pairs, like nn.Conv2d but with ConfigError."""
+    """Validate the ``nn.Conv2d`` geometry (ConfigError instead of nn.Conv2d's errors), set it on
+    ``module`` as nn.Conv2d names it (pairs for kernel_size, stride, padding, dilation) and return
+    the weight shape (out, in / groups, kh, kw)."""
     _check_int("in_channels", in_channels, 1)
     _check_int("out_channels", out_channels, 1)
     _check_int("groups", groups, 1)
@@ -209,12 +212,12 @@ def _conv_config(
         )
     if padding_mode != "zeros":
         raise ConfigError("padding_mode", padding_mode, "allowed: zeros")
-    return (
-        _pair("kernel_size", kernel_size, 1),
-        _pair("stride", stride, 1),
-        _pair("padding", padding, 0),
-        _pair("dilation", dilation, 1),
-    )
+    module.in_channels, module.out_channels, module.groups, module.padding_mode = in_channels, out_channels, groups, padding_mode
+    module.kernel_size = _pair("kernel_size", kernel_size, 1)
+    module.stride = _pair("stride", stride, 1)
+    module.padding = _pair("padding", padding, 0)
+    module.dilation = _pair("dilation", dilation, 1)
+    return (out_channels, in_channels // groups, *module.kernel_size)
 
 
 def _conv_terms(in_channels: int, groups: int, kernel_size: tuple[int, int]) -> int:

@@ -414,15 +414,10 @@ class AdderConv2d(nn.Module):
         eta: float | None = DEFAULT_ETA,
     ):
         super().__init__()
-        ks, st, pd, dl = _conv_config(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode
-        )
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.padding, self.dilation = ks, st, pd, dl
-        self.padding_mode = padding_mode
+        shape = _conv_config(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
         self.eta = _check_eta(eta)
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *ks, **factory))
+        self.weight = nn.Parameter(torch.empty(shape, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
 

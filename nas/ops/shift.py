@@ -351,13 +351,7 @@ class ShiftConv2d(_ShiftMixin, nn.Module):
         generator: torch.Generator | None = None,
     ):
         nn.Module.__init__(self)
-        ks, st, pd, dl = _conv_config(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode
-        )
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.padding, self.dilation = ks, st, pd, dl
-        self.padding_mode = padding_mode
-        self._weight_shape = (out_channels, in_channels // groups, *ks)
+        self._weight_shape = _conv_config(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
         self._init_shift(
             self._weight_shape, bias, {"device": device, "dtype": dtype}, shift_type=shift_type,
             weight_bits=weight_bits, rounding=rounding, act_integer_bits=act_integer_bits,

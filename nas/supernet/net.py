@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.arch import Arch, BlockSpec, block_in_channels
-from nas.models.static import build_act, build_model
+from nas.models.static import build_act, build_model, pooled_features
 from nas.ops.hybrid import HybridConv2d, HybridLinear
 
 
@@ -251,12 +251,7 @@ class DynamicNet(nn.Module):
         for i, idx in enumerate(self.active_blocks):
             for j in idx:
                 x = self.stages[i][j](x)
-        if self.feature_mix is not None:
-            x = self.feature_mix(x)
-        x = F.adaptive_avg_pool2d(x, 1)
-        if self.post_pool is not None:
-            x = self.post_pool(x)
-        return torch.flatten(x, 1)
+        return pooled_features(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)

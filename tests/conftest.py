@@ -1,0 +1,20 @@
+"""Fixtures shared by the operator tests."""
+
+import pytest
+import torch
+
+from nas.ops import _ext
+from nas.ops.adder import backend_for
+
+
+@pytest.fixture(params=["ext", "torch"])
+def backend(request, monkeypatch):
+    """Run the test with the C++ kernels, then with SHIFTADDAUG_NO_EXT=1 (pure torch)."""
+    if request.param == "torch":
+        monkeypatch.setenv(_ext.ENV_DISABLE, "1")
+    else:
+        monkeypatch.delenv(_ext.ENV_DISABLE, raising=False)
+        if _ext.load() is None:
+            pytest.skip(f"C++ kernels unavailable: {_ext.info()['reason']}")
+    assert backend_for(torch.zeros(1)) == request.param
+    return request.param
