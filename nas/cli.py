@@ -196,7 +196,7 @@ def _lut_build(args: argparse.Namespace) -> int:
     import random
 
     from nas.arch import Arch
-    from nas.cost.lut import LookupTable, arch_list_layers, space_layers
+    from nas.cost.lut import LookupTable, arch_list_layers, conventions_header, space_layers
     from nas.paths import LATENCY_TABLES
     from nas.space import SearchSpace
 
@@ -239,6 +239,8 @@ def _lut_build(args: argparse.Namespace) -> int:
             return LookupTable.for_latency(args.device, args.threads, args.warmup, args.repeats, args.batch, **extra)
 
     table = LookupTable.open(out, create)
+    # how the rows were chosen: the (last) build command and the operator conventions it covered
+    table.header.update(conventions_header(ops), command=_lut_command(args))
     before = len(table)
     progress = not args.no_progress
     if table.kind == "latency" and space is not None:
@@ -263,6 +265,17 @@ def _lut_build(args: argparse.Namespace) -> int:
         table.save()
     print(f"{out}: {len(table)} rows ({added} added, {before} already there){calibrated}")
     return 0
+
+
+def _lut_command(args: argparse.Namespace) -> str:
+    """The ``shiftaddaug-lut build`` command line of ``args`` (options that change the rows only)."""
+    src = f"--space {args.space}" if args.space else " ".join(f"--arch {a}" for a in args.arch)
+    parts = ["shiftaddaug-lut build", src, f"--kind {args.kind}", f"--op {args.op}", f"--batch {args.batch}"]
+    if args.kind == "energy":
+        parts += [f"--hardware {args.hardware}", f"--bits {args.bits}"]
+    else:
+        parts += [f"--device {args.device}", f"--threads {args.threads}", f"--warmup {args.warmup}", f"--repeats {args.repeats}"]
+    return " ".join(parts)
 
 
 def _lut_show(args: argparse.Namespace) -> int:
