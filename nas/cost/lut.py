@@ -640,6 +640,25 @@ def energy_table(
     return t
 
 
+def shipped_energy_table(space, hardware=None, bits: int = 32) -> LookupTable | None:
+    """The shipped energy table of ``space`` (``latency_tables/<space>-<hardware>-<bits>bit-energy.csv``)
+    when it was built for this hardware (same fingerprint), width and batch 1, detached from its
+    file: rows priced on the way (e.g. another class count) stay in memory. None otherwise."""
+    from nas.cost.energy import load_hardware
+    from nas.paths import LATENCY_TABLES
+
+    hw = load_hardware(hardware)
+    p = LATENCY_TABLES / f"{space.name}-{hw.name}-{bits}bit-energy.csv"
+    if not p.is_file():
+        return None
+    t = LookupTable.load(p)
+    want = {"kind": "energy", "hardware": hw.name, "hardware_fingerprint": hw.fingerprint, "bits": bits, "batch": 1}
+    if any(t.header.get(k) != v for k, v in want.items()):
+        return None
+    t.path, t._hw = None, hw
+    return t
+
+
 # --------------------------------------------------------------------------------------------
 # layer shapes of a search space / a list of archs
 
