@@ -1,5 +1,6 @@
 """Hybrid layers and the DynamicNet: MF prefix semantics, weight sharing, export equality."""
 
+import json
 import random
 
 import pytest
@@ -112,9 +113,9 @@ def test_subnets_of_the_space_export_exactly(tiny_space):
             net.train()
 
 
-@pytest.mark.parametrize("op", ["shift", "add"])
-@pytest.mark.parametrize("name", ["mbv2-w0.35", "mbv3-w0.35"])
-def test_trained_hybrid_target_exports_exactly_and_mf_only(name, op):
+def _trained_target(name: str, op: str):
+    """A DynamicNet after two real ShiftAddAug steps (target pass, then hybrid augmented pass),
+    left in target mode with BN re-estimated; returns (net, target, x)."""
     torch.manual_seed(0)
     target = zoo_arch(name, op, 32, 10)
     sub, tb = subnet_for(target, 1)
@@ -133,7 +134,13 @@ def test_trained_hybrid_target_exports_exactly_and_mf_only(name, op):
         opt.zero_grad()
     net.set_active_subnet(target, tb)
     reset_bn(net, [(x, None)])
-    net.eval()
+    return net.eval(), target, x
+
+
+@pytest.mark.parametrize("op", ["shift", "add"])
+@pytest.mark.parametrize("name", ["mbv2-w0.35", "mbv3-w0.35"])
+def test_trained_hybrid_target_exports_exactly_and_mf_only(name, op):
+    net, target, x = _trained_target(name, op)
     static = net.get_active_subnet().eval()
     assert torch.allclose(net(x), static(x), atol=1e-5)
     plain = [n for n, m in static.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
@@ -183,6 +190,29 @@ def test_se_convs_of_an_add_target_are_hybrid():
     ya = F.conv2d(x, w[n:])
     want = torch.cat([yt, ya], 1) + conv.bias[: ablk.se_channels].view(1, -1, 1, 1)
     assert torch.allclose(conv(x), want, atol=1e-5)
+
+
+def test_exported_se_add_target_files_and_onnx(tmp_path):
+    """An Add TargetNet with SE blocks through the export files: arch.json names add SE convs,
+    the rebuilt network's logits equal the trained target's, and its ONNX file (adders as
+    standard operators) matches onnxruntime."""
+    from nas.export import export_target, load_exported
+
+    net, target, x = _trained_target("mbv3-w0.35", "add")
+    info = export_target(net, tmp_path, x, op_options={})
+    saved = json.loads((tmp_path / "arch.json").read_text())
+    se_ops = [b["se_op"] for s in saved["stages"] for b in s["blocks"] if b["se_channels"]]
+    assert saved["schema_version"] == 2 and se_ops == ["add"] * 8
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["op"] == "add" and all(n == "classifier" or n.endswith("dw.conv") for n in meta["multiplicative_layers"])
+    model = load_exported(tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(model(x), net(x), atol=1e-5) and info["max_abs_logit_diff"] < 1e-5
+    pytest.importorskip("onnxruntime")
+    from nas.onnx_export import export_onnx
+
+    r = export_onnx(model, tmp_path / "model.onnx", 32)  # raises when onnxruntime disagrees
+    assert {"Abs", "ReduceSum", "Sub"} <= set(r["ops"]) and r["max_abs_diff_fp64"] <= r["tolerance"]
 
 
 def test_target_block_subset_skips_augmented_depth():
