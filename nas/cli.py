@@ -488,7 +488,8 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true",
                    help="only price the space: its cheapest and dearest network for --op against the budget, and whether the "
                    "budget binds (and where it would, if not); reads no data, writes nothing")
-    p.add_argument("--json", action="store_true", help="print one JSON object: the --dry-run preview, or the run's summary")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: the --dry-run preview, or the run's summary (implies --quiet)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.dry_run:
@@ -500,9 +501,11 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         info = budget_preview(cfg)
         print(json.dumps(info, sort_keys=True) if args.json else preview_text(info))
         return 0
+    args.quiet = args.quiet or args.json  # stdout carries the JSON object only
     if args.resume:
         run = SearchRun.resume(args.resume, progress=not args.quiet)
-        print(f"resuming {args.resume}; finished steps: {', '.join(run.state['done']) or 'none'}")
+        print(f"resuming {args.resume}; finished steps: {', '.join(run.state['done']) or 'none'}",
+              file=sys.stderr if args.json else sys.stdout)
     else:
         cfg = SearchConfig(budget=args.budget, op=args.op, preset=args.preset, space=args.space, dataset=args.dataset,
                            data_root=args.data_root, hardware=args.hardware, bits=args.bits, seed=args.seed,
