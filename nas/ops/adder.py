@@ -216,13 +216,16 @@ class _Conv:
     def depthwise(self) -> bool:
         return self.Cg == 1
 
-    def dense_geom(self):
-        """Geometry for the dense kernels (layout in ConvGeom of adder_kernels.cpp)."""
-        hp, wp = self.H + 2 * self.ph, self.W + 2 * self.pw
+    def dense_geom(self, padded_input: bool):
+        """Geometry for the dense kernels (ConvGeom of adder_kernels.cpp). The forward reads an input
+        the caller padded (``padded_input``: padded sizes, no padding left); the input gradient
+        kernel pads internally."""
         og = self.O // self.G
-        return _geom(
-            self.N, self.G, self.Cg, og, hp, wp, self.KH, self.KW, self.sh, self.sw, self.dh, self.dw, self.Ho, self.Wo
-        )
+        if padded_input:
+            sizes = (self.H + 2 * self.ph, self.W + 2 * self.pw, 0, 0)
+        else:
+            sizes = (self.H, self.W, self.ph, self.pw)
+        return _geom(self.N, self.G, self.Cg, og, *sizes, self.KH, self.KW, self.sh, self.sw, self.dh, self.dw, self.Ho, self.Wo)
 
     def dw_geom(self):
         """Geometry for the depthwise kernels (DwGeom of adder_kernels.cpp)."""
@@ -261,7 +264,7 @@ def _conv_forward(x: torch.Tensor, weight: torch.Tensor, c: _Conv) -> torch.Tens
             getattr(lib, f"saa_adder_dw_fwd_{sfx}")(_ptr(x), _ptr(weight), _ptr(y), c.dw_geom(), nt)
         else:
             xpad = c.pad(x)
-            getattr(lib, f"saa_adder_fwd_{sfx}")(_ptr(xpad), _ptr(weight), _ptr(y), c.dense_geom(), nt)
+            getattr(lib, f"saa_adder_fwd_{sfx}")(_ptr(xpad), _ptr(weight), _ptr(y), c.dense_geom(True), nt)
         return y
     return _torch_conv_forward(x, weight, c)
 
@@ -320,10 +323,8 @@ def _conv_backward(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, c: _
                 gw = (stats[:, :kk] - w2 * stats[:, kk:]).to(weight.dtype).view_as(weight)
             return gx, gw
         if need_x:
-            xpad = c.pad(x)
-            gxpad = torch.zeros_like(xpad)
-            getattr(lib, f"saa_adder_gx_{sfx}")(_ptr(gy), _ptr(weight), _ptr(xpad), _ptr(gxpad), c.dense_geom(), nt)
-            gx = gxpad[:, :, c.ph : c.ph + c.H, c.pw : c.pw + c.W] if (c.ph or c.pw) else gxpad
+            gx = torch.empty_like(x)
+            getattr(lib, f"saa_adder_gx_{sfx}")(_ptr(gy), _ptr(weight), _ptr(x), _ptr(gx), c.dense_geom(False), nt)
         if need_w:
             gw = _conv_weight_stats(gy, x, weight, c)
         return gx, gw
