@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["conv_forward", "conv_input_grad", "conv_weight_grad", "blocks"]
+__all__ = ["conv_forward", "conv_input_grad", "conv_weight_grad", "blocks", "launch_config"]
 
 # Tile shapes per kernel: (cap on the row block, column block or its cap, cap on the reduction
 # block, elements of the 3-d register tile). Chosen so that every kernel compiles for sm_90 with
@@ -71,10 +71,6 @@ def blocks(kind: str, rows: int, red: int, cols: int) -> tuple[int, int, int]:
     bc = min(col, _p2(cols)) if kind == "weight" else col
     bred = max(1, min(red_cap, _p2(red), elems // (br * bc)))
     return br, bred, bc
-
-
-def _acc_dtype(t: torch.Tensor):
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
 
 
 @triton.jit
@@ -227,49 +223,68 @@ def _geometry(c) -> list[int]:
     return [c.sh, c.sw, c.ph, c.pw, c.dh, c.dw]
 
 
+def _weight_split(c, bo: int, bm: int, bk: int) -> tuple[int, int]:
+    """(splits, chunk): the N*Ho*Wo positions of the weight gradient cut into ``splits`` chunks of
+    ``chunk`` positions (a multiple of the position block)."""
+    m = c.N * c.Ho * c.Wo
+    tiles = triton.cdiv(c.K, bk) * triton.cdiv(c.O // c.G, bo) * c.G
+    splits = max(1, min(triton.cdiv(m, bm), TARGET_PROGRAMS // tiles))
+    chunk = triton.cdiv(triton.cdiv(m, splits), bm) * bm
+    return triton.cdiv(m, chunk), chunk
+
+
+def launch_config(kind: str, c, dtype: torch.dtype):
+    """(kernel, grid, constexpr arguments) of kernel ``kind`` ("forward", "input", "weight") for
+    geometry ``c`` and input dtype; also what tests compile ahead of time for a GPU target."""
+    og = c.O // c.G
+    acc = tl.float64 if dtype == torch.float64 else tl.float32
+    if kind == "forward":
+        m = c.N * c.Ho * c.Wo
+        bo, bk, bm = blocks(kind, og, c.K, m)
+        grid = (triton.cdiv(m, bm), triton.cdiv(og, bo), c.G)
+        return _fwd_kernel, grid, dict(ACC=acc, BLOCK_O=bo, BLOCK_K=bk, BLOCK_M=bm)
+    if kind == "input":
+        q = c.N * c.H * c.W
+        bc, br, bq = blocks(kind, c.Cg, og * c.KH * c.KW, q)
+        grid = (triton.cdiv(q, bq), triton.cdiv(c.Cg, bc), c.G)
+        return _gx_kernel, grid, dict(ACC=acc, BLOCK_C=bc, BLOCK_R=br, BLOCK_Q=bq)
+    bo, bm, bk = blocks(kind, og, c.N * c.Ho * c.Wo, c.K)
+    splits, _ = _weight_split(c, bo, bm, bk)
+    grid = (triton.cdiv(c.K, bk), triton.cdiv(og, bo), c.G * splits)
+    return _gw_kernel, grid, dict(ACC=acc, BLOCK_O=bo, BLOCK_M=bm, BLOCK_K=bk)
+
+
 def conv_forward(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, c) -> None:
     """Write the adder forward of geometry ``c`` (``nas.ops.adder._Conv``) into the view ``y``."""
-    og = c.O // c.G
-    m = c.N * c.Ho * c.Wo
-    bo, bk, bm = blocks("forward", og, c.K, m)
-    grid = (triton.cdiv(m, bm), triton.cdiv(og, bo), c.G)
-    _fwd_kernel[grid](
+    kernel, grid, const = launch_config("forward", c, x.dtype)
+    kernel[grid](
         x, w, y, *x.stride(), *w.stride(), *y.stride(),
-        c.H, c.W, og, c.Cg, c.KH, c.KW, c.Ho, c.Wo, m, c.K, *_geometry(c),
-        ACC=_acc_dtype(x), BLOCK_O=bo, BLOCK_K=bk, BLOCK_M=bm, num_warps=NUM_WARPS,
+        c.H, c.W, c.O // c.G, c.Cg, c.KH, c.KW, c.Ho, c.Wo, c.N * c.Ho * c.Wo, c.K, *_geometry(c),
+        **const, num_warps=NUM_WARPS,
     )  # fmt: skip
 
 
 def conv_input_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, gx: torch.Tensor, c) -> None:
     """Write AdderNet's HardTanh input gradient into the view ``gx`` (shaped like ``x``)."""
+    kernel, grid, const = launch_config("input", c, x.dtype)
     og = c.O // c.G
-    q = c.N * c.H * c.W
-    r = og * c.KH * c.KW
-    bc, br, bq = blocks("input", c.Cg, r, q)
-    grid = (triton.cdiv(q, bq), triton.cdiv(c.Cg, bc), c.G)
-    _gx_kernel[grid](
+    kernel[grid](
         gy, x, w, gx, *gy.stride(), *x.stride(), *w.stride(), *gx.stride(),
-        c.H, c.W, og, c.Cg, c.KH, c.KW, c.Ho, c.Wo, q, r, *_geometry(c),
-        ACC=_acc_dtype(x), BLOCK_C=bc, BLOCK_R=br, BLOCK_Q=bq, num_warps=NUM_WARPS,
+        c.H, c.W, og, c.Cg, c.KH, c.KW, c.Ho, c.Wo, c.N * c.H * c.W, og * c.KH * c.KW, *_geometry(c),
+        **const, num_warps=NUM_WARPS,
     )  # fmt: skip
 
 
 def conv_weight_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, c) -> torch.Tensor:
     """AdderNet's full-precision weight gradient ``sum g (x - w)`` as a ``[O, Cg, kh, kw]`` tensor
     in the accumulation dtype (fp32, or fp64 for fp64 inputs), before the eta scaling."""
-    og = c.O // c.G
-    m = c.N * c.Ho * c.Wo
-    bo, bm, bk = blocks("weight", og, m, c.K)
-    tiles = triton.cdiv(c.K, bk) * triton.cdiv(og, bo) * c.G
-    splits = max(1, min(triton.cdiv(m, bm), TARGET_PROGRAMS // tiles))
-    chunk = triton.cdiv(triton.cdiv(m, splits), bm) * bm
-    splits = triton.cdiv(m, chunk)
+    kernel, grid, const = launch_config("weight", c, x.dtype)
+    splits, chunk = _weight_split(c, const["BLOCK_O"], const["BLOCK_M"], const["BLOCK_K"])
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     part = torch.empty(splits, c.O, c.K, device=x.device, dtype=acc)
-    grid = (triton.cdiv(c.K, bk), triton.cdiv(og, bo), c.G * splits)
-    _gw_kernel[grid](
+    kernel[grid](
         gy, x, w, part, *gy.stride(), *x.stride(), *w.stride(),
-        c.H, c.W, c.O, c.G, og, c.Cg, c.KH, c.KW, c.Ho, c.Wo, m, c.K, chunk, *_geometry(c),
-        ACC=_acc_dtype(x), BLOCK_O=bo, BLOCK_M=bm, BLOCK_K=bk, num_warps=NUM_WARPS,
+        c.H, c.W, c.O, c.G, c.O // c.G, c.Cg, c.KH, c.KW, c.Ho, c.Wo, c.N * c.Ho * c.Wo, c.K, chunk,
+        *_geometry(c), **const, num_warps=NUM_WARPS,
     )  # fmt: skip
     return part.sum(0).view(c.O, c.Cg, c.KH, c.KW)
