@@ -361,7 +361,15 @@ def _torch_conv_input_grad(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tens
 # None). The depthwise C++ kernel computes both in one pass, hence one backward op.
 
 
-@torch.library.custom_op("shiftaddaug::adder_conv2d", mutates_args=())
+# Explicit schemas: nothing depends on how a torch version infers one from (postponed) annotations.
+_GEOMETRY_SCHEMA = "SymInt[] stride, SymInt[] padding, SymInt[] dilation, SymInt groups"
+
+
+@torch.library.custom_op(
+    "shiftaddaug::adder_conv2d",
+    mutates_args=(),
+    schema=f"(Tensor x, Tensor weight, {_GEOMETRY_SCHEMA}, float? eta) -> Tensor",
+)
 def _adder_conv2d_op(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -382,7 +390,12 @@ def _adder_conv2d_fake(x, weight, stride, padding, dilation, groups, eta):
     return x.new_empty(x.shape[0], weight.shape[0], ho, wo)
 
 
-@torch.library.custom_op("shiftaddaug::adder_conv2d_backward", mutates_args=())
+@torch.library.custom_op(
+    "shiftaddaug::adder_conv2d_backward",
+    mutates_args=(),
+    schema=f"(Tensor gy, Tensor x, Tensor weight, {_GEOMETRY_SCHEMA}, bool need_input, bool need_weight)"
+    " -> (Tensor, Tensor)",
+)
 def _adder_conv2d_backward_op(
     gy: torch.Tensor,
     x: torch.Tensor,

@@ -73,7 +73,13 @@ def blocks(kind: str, rows: int, red: int, cols: int) -> tuple[int, int, int]:
     return br, bred, bc
 
 
-@triton.jit
+# Layer sizes and outer strides are not specialised on (Triton would compile one variant per
+# divisibility pattern, dozens for one network); innermost strides are, since 1 there enables
+# contiguous loads.
+_NO_SPEC = ["H", "W", "Og", "Cg", "KH", "KW", "Ho", "Wo", "sh", "sw", "ph", "pw", "dh", "dw"]
+
+
+@triton.jit(do_not_specialize=_NO_SPEC + ["sxn", "sxc", "sxh", "swo", "swc", "swh", "syn", "syo", "syh", "M", "K"])
 def _fwd_kernel(
     x_ptr, w_ptr, y_ptr,
     sxn, sxc, sxh, sxw,
@@ -117,7 +123,9 @@ def _fwd_kernel(
     tl.store(y_ptr + y_off, -acc, mask=o_ok[:, None] & m_ok[None, :])
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=_NO_SPEC + ["sgn", "sgo", "sgh", "sxn", "sxc", "sxh", "swo", "swc", "swh", "sdn", "sdc", "sdh", "Q", "R"]
+)
 def _gx_kernel(
     gy_ptr, x_ptr, w_ptr, gx_ptr,
     sgn, sgo, sgh, sgw,
@@ -168,7 +176,9 @@ def _gx_kernel(
     tl.store(gx_ptr + d_off, acc, mask=xc_ok)
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=_NO_SPEC + ["sgn", "sgo", "sgh", "sxn", "sxc", "sxh", "swo", "swc", "swh", "O", "G", "M", "K", "chunk"]
+)
 def _gw_kernel(
     gy_ptr, x_ptr, w_ptr, part_ptr,
     sgn, sgo, sgh, sgw,
