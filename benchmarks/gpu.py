@@ -65,12 +65,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "gpu.md"
 TOL_OUT, TOL_GRAD = 1e-4, 1e-3
 
 
-def _bench_ops_shapes() -> dict:
-    """The operator shapes of benchmarks/ops.py (one definition for both benchmarks)."""
+def _bench_ops():
+    """benchmarks/ops.py as a module: its shapes and step functions serve both benchmarks."""
     spec = importlib.util.spec_from_file_location("_bench_ops", ROOT / "benchmarks" / "ops.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.SHAPES
+    return module
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -258,7 +258,8 @@ def _peak_bytes(fn, device: torch.device) -> int | None:
 def time_operators(device: torch.device, small: bool) -> list[dict]:
     rows = []
     warmup, repeats = (1, 3) if small else (10, 50)
-    for shape_name, (n, cin, cout, k, groups, size) in _bench_ops_shapes().items():
+    bench = _bench_ops()
+    for shape_name, (n, cin, cout, k, groups, size) in bench.SHAPES.items():
         if small:
             n, size = 2, 8
         gen = torch.Generator().manual_seed(0)
@@ -273,21 +274,7 @@ def time_operators(device: torch.device, small: bool) -> list[dict]:
             "shift": shift,
         }
 
-        def train(op):
-            def run():
-                x.grad = None
-                op(x).backward(gy)
-
-            return run
-
-        def infer(op):
-            def run():
-                with torch.no_grad():
-                    op(x)
-
-            return run
-
-        fns = {(o, "train"): train(op) for o, op in ops.items()} | {(o, "infer"): infer(op) for o, op in ops.items()}
+        fns = bench.step_fns(ops, x, gy)
         med = median_times(fns, device, warmup, repeats)
         for o, op in ops.items():
             rows.append(
@@ -298,7 +285,7 @@ def time_operators(device: torch.device, small: bool) -> list[dict]:
                     "infer": med[(o, "infer")],
                     "train_ratio": med[(o, "train")] / med[("conv2d", "train")],
                     "infer_ratio": med[(o, "infer")] / med[("conv2d", "infer")],
-                    "peak": _peak_bytes(train(op), device),
+                    "peak": _peak_bytes(fns[(o, "train")], device),
                 }
             )
     return rows
@@ -488,7 +475,7 @@ def render(device, parity, op_rows, train_rows, train_notes, ddp, ddp_note, elap
             f"| {r['shape']} | {r['op']} | {r['train'] * 1e3:.3f} | {r['train_ratio']:.2f}x | "
             f"{r['infer'] * 1e3:.3f} | {r['infer_ratio']:.2f}x | {_mib(r['peak'])} |"
         )
-    shapes = _bench_ops_shapes()
+    shapes = _bench_ops().SHAPES
     lines.append("")
     lines.append("Shapes (benchmarks/ops.py): " + "; ".join(
         f"{k}: batch {v[0]}, {v[1]}->{v[2]} ch, {v[3]}x{v[3]}, groups {v[4]}, {v[5]}x{v[5]}" for k, v in shapes.items()

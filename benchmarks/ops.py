@@ -110,15 +110,11 @@ def make_ops(shape, seed=0):
     }
 
 
-def bench_shape(name, shape, warmup, repeats, include_fallback):
-    n, cin, cout, k, groups, size = shape
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(n, cin, size, size, generator=gen).requires_grad_()
-    g = torch.randn(n, cout, size, size, generator=gen)
-    ops = make_ops(shape)
-    rows = {}
+def step_fns(ops: dict, x: torch.Tensor, g: torch.Tensor) -> dict:
+    """(op name, "train" | "infer") -> callable: fwd+bwd of ``op(x)`` with output gradient ``g``
+    (x requires grad), or a forward under ``torch.no_grad()``. Shared with benchmarks/gpu.py."""
 
-    def train_step(op):
+    def train(op):
         def run():
             x.grad = None
             op(x).backward(g)
@@ -132,17 +128,25 @@ def bench_shape(name, shape, warmup, repeats, include_fallback):
 
         return run
 
-    fns = {}
-    for op_name, op in ops.items():
-        fns[(op_name, "train")] = train_step(op)
-        fns[(op_name, "infer")] = infer(op)
+    return {(name, "train"): train(op) for name, op in ops.items()} | {(name, "infer"): infer(op) for name, op in ops.items()}
+
+
+def bench_shape(name, shape, warmup, repeats, include_fallback):
+    n, cin, cout, k, groups, size = shape
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, cin, size, size, generator=gen).requires_grad_()
+    g = torch.randn(n, cout, size, size, generator=gen)
+    ops = make_ops(shape)
+    rows = {}
+    fns = step_fns(ops, x, g)
     med = median_times(fns, warmup, repeats)
     for op_name in ops:
         rows[op_name] = (med[(op_name, "train")], med[(op_name, "infer")])
     if include_fallback:  # the pure-torch path, for information (slow: few repeats)
         os.environ[_ext.ENV_DISABLE] = "1"
         try:
-            med = median_times({"train": train_step(ops["add"]), "infer": infer(ops["add"])}, 1, 3)
+            add = step_fns({"add": ops["add"]}, x, g)
+            med = median_times({"train": add[("add", "train")], "infer": add[("add", "infer")]}, 1, 3)
             rows["add (torch fallback)"] = (med["train"], med["infer"])
         finally:
             del os.environ[_ext.ENV_DISABLE]

@@ -46,11 +46,11 @@ __all__ = ["conv_forward", "conv_input_grad", "conv_weight_grad", "blocks", "lau
 # benchmarks/gpu.py times them against cuDNN.
 _TILES = {
     "forward": (32, 128, 16, 16384),  # rows: output channels, columns: positions, reduction: K
-    "input": (16, 64, 16, 4096),  # rows: input channels, columns: input positions, reduction: R
+    "input": (16, 64, 8, 4096),  # rows: input channels, columns: input positions, reduction: R
     "weight": (16, 32, 64, 4096),  # rows: output channels, columns: K (cap), reduction: positions
 }
 NUM_WARPS = 4
-# Weight-gradient split of the position axis: aim for about this many programs in flight.
+# Aim for about this many programs per launch (an H100/H200 has 132 multiprocessors).
 TARGET_PROGRAMS = 1024
 
 
@@ -58,17 +58,24 @@ def _p2(n: int) -> int:
     return triton.next_power_of_2(max(1, int(n)))
 
 
-def blocks(kind: str, rows: int, red: int, cols: int) -> tuple[int, int, int]:
+def blocks(kind: str, rows: int, red: int, cols: int, groups: int = 1) -> tuple[int, int, int]:
     """Power-of-two tile (rows, reduction, columns) of kernel ``kind`` ("forward", "input", "weight").
 
     ``rows``: output channels per group (forward, weight) or input channels per group (input);
     ``red``: the reduction length (K, R = (O / groups) * kh * kw, or the N * Ho * Wo positions);
-    ``cols``: the positions (forward, input) or K (weight). Depthwise layers (one row) get the whole
-    3x3 window per step.
+    ``cols``: the positions (forward, input) or K (weight). The position block shrinks (down to 32)
+    until the grid has about TARGET_PROGRAMS programs, since a GPU needs several resident programs
+    per multiprocessor to hide memory latency; the reduction block grows to keep the tile's volume.
+    Depthwise layers (one row) get the whole 3x3 window per step.
     """
     row_cap, col, red_cap, elems = _TILES[kind]
     br = min(row_cap, _p2(rows))
-    bc = min(col, _p2(cols)) if kind == "weight" else col
+    if kind == "weight":
+        bc = min(col, _p2(cols))
+    else:
+        bc = col
+        while bc > 32 and triton.cdiv(cols, bc) * triton.cdiv(rows, br) * groups < TARGET_PROGRAMS:
+            bc //= 2
     bred = max(1, min(red_cap, _p2(red), elems // (br * bc)))
     return br, bred, bc
 
@@ -77,6 +84,36 @@ def blocks(kind: str, rows: int, red: int, cols: int) -> tuple[int, int, int]:
 # divisibility pattern, dozens for one network); innermost strides are, since 1 there enables
 # contiguous loads.
 _NO_SPEC = ["H", "W", "Og", "Cg", "KH", "KW", "Ho", "Wo", "sh", "sw", "ph", "pw", "dh", "dw"]
+
+
+@triton.jit
+def _taps(offs, KH, KW):
+    """Split a flat (outer, kh, kw) index: (c, kh, kw) for K, (o, kh, kw) for R."""
+    t = offs % (KH * KW)
+    return offs // (KH * KW), t // KW, t % KW
+
+
+@triton.jit
+def _im2col(x_ptr, offs_k, k_ok, offs_m, m_ok, g, sxn, sxc, sxh, sxw, H, W, Cg, KH, KW, Wo, P,
+            sh, sw, ph, pw, dh, dw, ACC: tl.constexpr):  # fmt: skip
+    """The im2col tile x[k, m] of group g ([len(offs_k), len(offs_m)]) gathered from the input:
+    zero where the window hangs over the padding or the indices run past K or M."""
+    c, kh, kw = _taps(offs_k, KH, KW)
+    n = offs_m // P
+    p = offs_m % P
+    ih = ((p // Wo) * sh - ph)[None, :] + (kh * dh)[:, None]
+    iw = ((p % Wo) * sw - pw)[None, :] + (kw * dw)[:, None]
+    inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & k_ok[:, None] & m_ok[None, :]
+    x_off = (n.to(tl.int64) * sxn)[None, :] + ((g * Cg + c) * sxc)[:, None] + ih * sxh + iw * sxw
+    return tl.load(x_ptr + x_off, mask=inside, other=0.0).to(ACC)
+
+
+@triton.jit
+def _weights(w_ptr, oc, o_ok, offs_k, k_ok, swo, swc, swh, sww, KH, KW, ACC: tl.constexpr):
+    """The weight tile w[o, k] ([len(oc), len(offs_k)]), zero past O or K."""
+    c, kh, kw = _taps(offs_k, KH, KW)
+    w_off = (oc * swo)[:, None] + (c * swc + kh * swh + kw * sww)[None, :]
+    return tl.load(w_ptr + w_off, mask=o_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC + ["sxn", "sxc", "sxh", "swo", "swc", "swh", "syn", "syo", "syh", "M", "K"])
@@ -96,29 +133,17 @@ def _fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
     P = Ho * Wo
-    n = offs_m // P
-    p = offs_m % P
-    ih0 = (p // Wo) * sh - ph
-    iw0 = (p % Wo) * sw - pw
-    x_n = n.to(tl.int64) * sxn
-    KK = KH * KW
     acc = tl.zeros([BLOCK_O, BLOCK_M], dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
-        c = offs_k // KK
-        t = offs_k % KK
-        kh = t // KW
-        kw = t % KW
-        ih = ih0[None, :] + (kh * dh)[:, None]
-        iw = iw0[None, :] + (kw * dw)[:, None]
-        inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & k_ok[:, None] & m_ok[None, :]
-        x_off = x_n[None, :] + ((g * Cg + c) * sxc)[:, None] + ih * sxh + iw * sxw
-        xv = tl.load(x_ptr + x_off, mask=inside, other=0.0).to(ACC)  # [BLOCK_K, BLOCK_M]
-        w_off = (oc * swo)[:, None] + (c * swc + kh * swh + kw * sww)[None, :]
-        wv = tl.load(w_ptr + w_off, mask=o_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)  # [BLOCK_O, BLOCK_K]
+        xv = _im2col(x_ptr, offs_k, k_ok, offs_m, m_ok, g, sxn, sxc, sxh, sxw, H, W, Cg, KH, KW, Wo, P,
+                     sh, sw, ph, pw, dh, dw, ACC)  # [BLOCK_K, BLOCK_M]  # fmt: skip
+        wv = _weights(w_ptr, oc, o_ok, offs_k, k_ok, swo, swc, swh, sww, KH, KW, ACC)  # [BLOCK_O, BLOCK_K]
         # Terms past K load x = w = 0 and add nothing; padded taps load x = 0 and add |w|.
         acc += tl.sum(tl.abs(xv[None, :, :] - wv[:, :, None]), axis=1)
+    n = offs_m // P
+    p = offs_m % P
     y_off = (n.to(tl.int64) * syn + (p // Wo) * syh + (p % Wo) * syw)[None, :] + (oc * syo)[:, None]
     tl.store(y_ptr + y_off, -acc, mask=o_ok[:, None] & m_ok[None, :])
 
@@ -143,22 +168,17 @@ def _gx_kernel(
     offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_ok = offs_q < Q
     HW = H * W
-    n = offs_q // HW
+    n64 = (offs_q // HW).to(tl.int64)
     ih = (offs_q % HW) // W
     iw = offs_q % W
-    n64 = n.to(tl.int64)
     xc_ok = c_ok[:, None] & q_ok[None, :]
     x_off = (n64 * sxn + ih * sxh + iw * sxw)[None, :] + (cin * sxc)[:, None]
     xv = tl.load(x_ptr + x_off, mask=xc_ok, other=0.0).to(ACC)  # [BLOCK_C, BLOCK_Q]
-    KK = KH * KW
     acc = tl.zeros([BLOCK_C, BLOCK_Q], dtype=ACC)
     for r0 in range(0, R, BLOCK_R):
         offs_r = r0 + tl.arange(0, BLOCK_R)
         r_ok = offs_r < R
-        o = offs_r // KK
-        t = offs_r % KK
-        kh = t // KW
-        kw = t % KW
+        o, kh, kw = _taps(offs_r, KH, KW)
         # Output position reading input (ih, iw) through tap (kh, kw): (ih + ph - kh*dh) / sh, if whole.
         nh = ih[None, :] + ph - (kh * dh)[:, None]
         nw = iw[None, :] + pw - (kw * dw)[:, None]
@@ -196,13 +216,7 @@ def _gw_kernel(
     oc = g * Og + offs_o
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     k_ok = offs_k < K
-    KK = KH * KW
-    c = offs_k // KK
-    t = offs_k % KK
-    kh = t // KW
-    kw = t % KW
-    w_off = (oc * swo)[:, None] + (c * swc + kh * swh + kw * sww)[None, :]
-    wv = tl.load(w_ptr + w_off, mask=o_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)  # [BLOCK_O, BLOCK_K]
+    wv = _weights(w_ptr, oc, o_ok, offs_k, k_ok, swo, swc, swh, sww, KH, KW, ACC)  # [BLOCK_O, BLOCK_K]
     P = Ho * Wo
     acc = tl.zeros([BLOCK_O, BLOCK_K], dtype=ACC)
     m_begin = split * chunk
@@ -210,18 +224,12 @@ def _gw_kernel(
     for m0 in range(m_begin, m_end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         m_ok = offs_m < m_end
-        n = offs_m // P
+        n64 = (offs_m // P).to(tl.int64)
         p = offs_m % P
-        oh = p // Wo
-        ow = p % Wo
-        n64 = n.to(tl.int64)
-        g_off = (n64 * sgn + oh * sgh + ow * sgw)[None, :] + (oc * sgo)[:, None]
+        g_off = (n64 * sgn + (p // Wo) * sgh + (p % Wo) * sgw)[None, :] + (oc * sgo)[:, None]
         gv = tl.load(gy_ptr + g_off, mask=o_ok[:, None] & m_ok[None, :], other=0.0).to(ACC)  # [BLOCK_O, BLOCK_M]
-        ih = (oh * sh - ph)[None, :] + (kh * dh)[:, None]
-        iw = (ow * sw - pw)[None, :] + (kw * dw)[:, None]
-        inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & k_ok[:, None] & m_ok[None, :]
-        x_off = (n64 * sxn)[None, :] + ((g * Cg + c) * sxc)[:, None] + ih * sxh + iw * sxw
-        xv = tl.load(x_ptr + x_off, mask=inside, other=0.0).to(ACC)  # [BLOCK_K, BLOCK_M]
+        xv = _im2col(x_ptr, offs_k, k_ok, offs_m, m_ok, g, sxn, sxc, sxh, sxw, H, W, Cg, KH, KW, Wo, P,
+                     sh, sw, ph, pw, dh, dw, ACC)  # [BLOCK_K, BLOCK_M]  # fmt: skip
         # Padded taps hold x = 0 (gradient g * (0 - w), as the unfolded reference); positions past
         # the chunk have g = 0.
         acc += tl.sum(gv[:, None, :] * (xv[None, :, :] - wv[:, :, None]), axis=2)
@@ -250,12 +258,12 @@ def launch_config(kind: str, c, dtype: torch.dtype):
     acc = tl.float64 if dtype == torch.float64 else tl.float32
     if kind == "forward":
         m = c.N * c.Ho * c.Wo
-        bo, bk, bm = blocks(kind, og, c.K, m)
+        bo, bk, bm = blocks(kind, og, c.K, m, c.G)
         grid = (triton.cdiv(m, bm), triton.cdiv(og, bo), c.G)
         return _fwd_kernel, grid, dict(ACC=acc, BLOCK_O=bo, BLOCK_K=bk, BLOCK_M=bm)
     if kind == "input":
         q = c.N * c.H * c.W
-        bc, br, bq = blocks(kind, c.Cg, og * c.KH * c.KW, q)
+        bc, br, bq = blocks(kind, c.Cg, og * c.KH * c.KW, q, c.G)
         grid = (triton.cdiv(q, bq), triton.cdiv(c.Cg, bc), c.G)
         return _gx_kernel, grid, dict(ACC=acc, BLOCK_C=bc, BLOCK_R=br, BLOCK_Q=bq)
     bo, bm, bk = blocks(kind, og, c.N * c.Ho * c.Wo, c.K)

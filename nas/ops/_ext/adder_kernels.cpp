@@ -173,6 +173,18 @@ template <typename T, bool DIRECT> struct Cols {
   }
 };
 
+// The x source of a panel's tiles: in place for a direct panel, else packed into `xpack`.
+template <typename T>
+static void panel_cols(const Panel& pan, const T* xs, const std::vector<int64_t>& koff, int64_t K,
+                       const ConvGeom& d, int PT, T* xpack, Cols<T, true>& direct, Cols<T, false>& packed) {
+  direct = Cols<T, true>{xs, koff.data(), {}, PT};
+  packed = Cols<T, false>{xpack, nullptr, {}, PT};
+  if (pan.direct)
+    std::copy(pan.vsrc, pan.vsrc + MAX_PV, direct.vsrc);
+  else
+    pack_cols(xs, koff, K, pan, d, PT, xpack);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dense forward: y[o, p] = -sum_k |x[k, p] - w[o, k]|, register tile OT x (PV vectors of p).
 template <typename T, bool DIRECT>
@@ -215,12 +227,9 @@ static void adder_fwd(const T* xpad, const T* w, T* y, const ConvGeom& d, int64_
       const int64_t n = item / (G * panels), g = (item / panels) % G, p0 = (item % panels) * PT;
       const T* xs = xpad + (n * G + g) * d.Cg * d.H * d.W;
       pan.set<NV, FWD_PV>(d, p0, std::min<int64_t>(PT, P - p0), rows_whole);
-      Cols<T, true> direct{xs, koff.data(), {}, PT};
-      Cols<T, false> packed{xpack.data(), nullptr, {}, PT};
-      if (pan.direct)
-        std::copy(pan.vsrc, pan.vsrc + MAX_PV, direct.vsrc);
-      else
-        pack_cols(xs, koff, K, pan, d, PT, xpack.data());
+      Cols<T, true> direct;
+      Cols<T, false> packed;
+      panel_cols(pan, xs, koff, K, d, PT, xpack.data(), direct, packed);
       for (int64_t ot = 0; ot < otiles; ++ot) {
         const T* wt = wpack.data() + (g * otiles + ot) * K * OT;
         if (pan.direct)
@@ -357,12 +366,9 @@ static void adder_gx(const T* gy, const T* w, const T* x, T* gx, const ConvGeom&
           for (int64_t o = 0; o < O; ++o) s += loadu<V>(gp + o * gstride + j * NV);
           storeu(&gsum[j * NV], s);
         }
-        Cols<T, true> direct{xs, koff.data(), {}, PT};
-        Cols<T, false> packed{xpack.data(), nullptr, {}, PT};
-        if (pan.direct)
-          std::copy(pan.vsrc, pan.vsrc + MAX_PV, direct.vsrc);
-        else
-          pack_cols(xs, koff, K, pan, d, PT, xpack.data());
+        Cols<T, true> direct;
+        Cols<T, false> packed;
+        panel_cols(pan, xs, koff, K, d, PT, xpack.data(), direct, packed);
         for (int64_t kt = 0; kt < ktiles; ++kt) {
           const T* wt = wpack.data() + (g * ktiles + kt) * O * KT;
           T* out = gcol.data() + kt * KT * PT;
