@@ -30,15 +30,18 @@ with a 1x1 kernel. Inside, one backend per call (``backend_for`` tells which):
   too, which works under Triton's interpreter (``TRITON_INTERPRET=1`` set before the process starts):
   how the test suite checks the GPU kernels without a GPU.
 * ``ext`` (CPU, float32/float64): C++ kernels from ``nas/ops/_ext`` built on first use (about 3 s,
-  cached per user). Forward and input gradient are register-tiled kernels that gather im2col panels
-  straight from the zero-padded input and scatter the input gradient straight back (no ``[K, L]``
-  column buffer); the input gradient uses ``clamp(w, x-1, x+1) - x`` where |x| <= 32 (3 vector ops
+  cached per user). Forward and input gradient are register-tiled kernels over panels of output
+  positions: a panel whose vectors each lie inside one output row (stride 1, row length a multiple
+  of the vector width) is read in place from the zero-padded image, others are gathered into a
+  small packed panel, and the input gradient is scattered straight back (no ``[K, L]`` column
+  buffer). The forward reads a padded copy of the input (none without padding); the input
+  gradient pads one (sample, group) block at a time in a per-thread buffer and writes the unpadded
+  gradient. The input gradient uses ``clamp(w, x-1, x+1) - x`` where |x| <= 32 (3 vector ops
   instead of 4) and the direct form elsewhere. Depthwise layers use a direct sliding-window
   kernel. The weight gradient uses the identity
   ``sum_p g[o,p] (x[k,p] - w[o,k]) = (g X^T)[o,k] - w[o,k] sum_p g[o,p]``: torch's own convolution
-  weight gradient plus a row sum. Extra memory: one zero-padded copy of the input (none without
-  padding) and per-thread panels of a few hundred KiB. Forward outputs and input gradients do not
-  depend on the thread count.
+  weight gradient plus a row sum. Forward outputs and input gradients do not depend on the thread
+  count.
 * ``torch`` (any device or dtype, also when the kernels cannot be built, or with
   ``SHIFTADDAUG_NO_EXT=1``): unfold in batch chunks, ``torch.cdist(p=1)`` for the forward and an
   output-channel-chunked loop for the input gradient, keeping extra memory near one im2col buffer
