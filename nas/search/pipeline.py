@@ -10,9 +10,12 @@
                        supernet's weights (``train/``) and export (``target/``)
     5. report          ``pareto.png``, ``report.md``, ``summary.json``
 
-``state.json`` records every finished step with its result; ``--resume DIR`` skips them, and the
-step that was running continues from its own checkpoint (supernet epoch, evolution generation,
-Optuna trial, training epoch).
+``state.json`` records every finished step with its result and the hash of the run's
+configuration; ``--resume DIR`` skips them, and the step that was running continues from its own
+checkpoint (supernet epoch, evolution generation, Optuna trial, training epoch). Before that,
+``nas.rundir.heal_search_dir`` repairs what a crash or a full disk can leave (a torn journal or CSV
+record, a checkpoint that no longer loads: its step is redone). Resuming a finished run changes
+no file.
 
 With ``ray_address`` (``--ray-address``) steps 1-4 run on a Ray cluster through
 ``nas.search.ray_adapter`` (the small branches marked "Ray" below; docs/ray.md), writing the same
@@ -30,8 +33,9 @@ from typing import Any
 
 from nas.arch import Arch
 from nas.cost.budget import Budget, parse_budget
-from nas.errors import ConfigError, InfeasibleBudgetError
-from nas.io import atomic_write_json, atomic_write_text
+from nas.errors import ConfigError, InfeasibleBudgetError, check_keys
+from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_checkpoint
+from nas.rundir import check_config_hash, config_hash, heal_search_dir, read_json, read_run_config
 from nas.space import SearchSpace, TargetSpace
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -98,21 +102,17 @@ class SearchRun:
         self.out = Path(out)
         self.progress = progress
         self.budget: Budget = parse_budget(self.cfg.budget)
-        self.state: dict[str, Any] = {"schema_version": STATE_VERSION, "done": {}}
+        self.state: dict[str, Any] = {"schema_version": STATE_VERSION, "config_hash": config_hash(self.cfg.to_dict()), "done": {}}
         self.ray_options = None  # with cfg.ray_address: a nas.search.ray_adapter.RayOptions (None: from the environment)
         state_path = self.out / "state.json"
         if state_path.is_file():
-            self.state = json.loads(state_path.read_text())
+            self.state = _read_state(state_path, self.cfg)
 
     @staticmethod
     def resume(run_dir: str | Path, progress: bool = True) -> "SearchRun":
-        p = Path(run_dir) / "config.json"
-        if not p.is_file():
-            raise ConfigError("--resume", str(run_dir), "a run directory written by shiftaddaug-search (config.json missing)")
-        d = json.loads(p.read_text())
-        if d.get("kind") != "search":
-            raise ConfigError("--resume", str(run_dir), "a shiftaddaug-search run directory")
-        return SearchRun(SearchConfig(**d["search"]), run_dir, progress)
+        d = read_run_config(run_dir, "search")
+        check_keys(d, f"{Path(run_dir) / 'config.json'}.search", {f.name for f in dataclasses.fields(SearchConfig)})
+        return SearchRun(SearchConfig(**d), run_dir, progress)
 
     def log(self, msg: str) -> None:
         if self.progress:
@@ -178,14 +178,12 @@ class SearchRun:
                 from nas.search.ray_adapter import train_supernet
 
                 train_supernet(self)
-                sup.load_state_dict(torch.load(self.out / "supernet.pt", map_location="cpu", weights_only=True))
+                load_checkpoint(self.out / "supernet.pt", apply=sup.load_state_dict)
             else:
                 sup.fit(self.out / "supernet.pt", self.out / "supernet_log.json")
             self.mark("supernet", {"epochs": c.supernet_epochs, "time_s": round(time.time() - t0, 1)})
         else:
-            import torch
-
-            sup.load_state_dict(torch.load(self.out / "supernet.pt", map_location="cpu", weights_only=True))
+            load_checkpoint(self.out / "supernet.pt", apply=sup.load_state_dict)
         return sup.net
 
     def run_stage_one(self, evaluator) -> tuple[Arch, dict]:
@@ -285,6 +283,11 @@ class SearchRun:
         from nas.search.evaluator import Evaluator
 
         t_start = time.time()
+        done = self.state["done"]
+        if "report" in done and (self.out / "summary.json").is_file():  # finished: a resume changes nothing
+            return read_json(self.out / "summary.json", "the run's summary is damaged: delete it and run --resume again")
+        if "supernet" in heal_search_dir(self.out):  # no copy of supernet.pt loads: train it again
+            done.pop("supernet", None)  # (a lost train/checkpoint.pt restarts training by itself)
         self.setup()
         budget_info = self.check_budget()
         self.log(f"[1/4] supernet ({self.cfg.supernet_epochs} epochs, op {self.cfg.op})")
@@ -298,6 +301,7 @@ class SearchRun:
         tr = self.run_training(subnet, s2)
         self.plot_pareto(s2)
         summary = self.summarize(budget_info, s1, s2, tr, time.time() - t_start)
+        self.mark("report", {"summary": "summary.json"})
         return summary
 
     # ------------------------------------------------------------------------------ outputs
@@ -326,10 +330,8 @@ class SearchRun:
         ax.set_title(f"stage two: {self.cfg.op} TargetNets cut from the SubNet")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        tmp = self.out / ".pareto.tmp.png"
-        fig.savefig(tmp, dpi=110)
+        atomic_savefig(fig, self.out / "pareto.png", dpi=110)
         plt.close(fig)
-        tmp.replace(self.out / "pareto.png")
 
     def summarize(self, budget_info: dict, s1: dict, s2: dict, tr: dict, seconds: float) -> dict:
         cost = json.loads((self.out / "target" / "cost.json").read_text())
@@ -360,6 +362,20 @@ class SearchRun:
         atomic_write_json(self.out / "summary.json", summary)
         atomic_write_text(self.out / "report.md", _report(self, summary, budget_info, target))
         return summary
+
+
+def _read_state(path: Path, cfg: SearchConfig) -> dict:
+    """``state.json``: damaged, foreign or another configuration's -> one ConfigError."""
+    st = read_json(path, "the run's record of finished steps is damaged: delete it and run --resume again "
+                         "(every step continues from its own checkpoint)")
+    check_keys(st, str(path), {"schema_version", "config_hash", "done"}, {"done"})
+    if st.get("schema_version") != STATE_VERSION:
+        raise ConfigError(f"{path}.schema_version", st.get("schema_version"), f"this version reads {STATE_VERSION}")
+    if not isinstance(st["done"], dict):
+        raise ConfigError(f"{path}.done", st["done"], "a mapping of finished steps")
+    check_config_hash(st.get("config_hash"), cfg.to_dict(), str(path))
+    st.setdefault("config_hash", config_hash(cfg.to_dict()))
+    return st
 
 
 def _take(batches, n_images: int, seed: int = 0, batch_size: int = 250) -> list:
