@@ -570,10 +570,12 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     from nas.rundir import claim
 
     run = Path(args.run_dir)
-    train_dir = run / "train" if (run / "train" / "config.json").is_file() else run
-    if not (train_dir / "checkpoint.pt").is_file():
-        raise ConfigError("RUN_DIR", str(run), "a finished shiftaddaug-search or shiftaddaug-train run directory (no training checkpoint found)")
+    if not (run / "config.json").is_file():
+        raise ConfigError("RUN_DIR", str(run), "a finished shiftaddaug-search or shiftaddaug-train run directory (no config.json)")
     with claim(run, "shiftaddaug-export", resume=True):  # it rewrites target/: not while the run itself is busy
+        train_dir = run / "train" if (run / "train" / "config.json").is_file() else run
+        if not (train_dir / "checkpoint.pt").is_file():
+            raise ConfigError("RUN_DIR", str(run), "a finished shiftaddaug-search or shiftaddaug-train run directory (no training checkpoint found)")
         return _export(run, train_dir, args)
 
 

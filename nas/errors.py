@@ -28,7 +28,7 @@ class ConfigError(ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field}: got {short_repr(value)}; {allowed}")
+        super().__init__(" ".join(f"{field}: got {short_repr(value)}; {allowed}".splitlines()))  # always one line
 
 
 class InfeasibleBudgetError(RuntimeError):
@@ -55,7 +55,8 @@ def check_keys(d: Any, where: str, allowed, required=()) -> dict:
         raise ConfigError(where, d, "expected a mapping")
     for k in d:
         if k not in allowed:
-            raise ConfigError(f"{where}.{k}", d[k], f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
+            name = k if isinstance(k, str) and k.isprintable() and len(k) <= 100 else short_repr(k)[:100]
+            raise ConfigError(f"{where}.{name}", d[k], f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
     for k in sorted(required):
         if k not in d:
             raise ConfigError(f"{where}.{k}", "<missing>", "required")

@@ -190,24 +190,30 @@ def load_checkpoint(path: str | Path, apply: Callable[[Any], None] | None = None
     copies = checkpoint_copies(path)
     if not copies:
         raise ConfigError(str(path), "<missing>", "a checkpoint written by shiftaddaug")
-    failed: list[tuple[Path, str]] = []
+    failed: list[tuple[Path, str, BaseException]] = []
     for p in copies:
         try:
             obj = read_torch(p)
+        except ConfigError as e:  # damaged or unsafe
+            failed.append((p, str(e.value), e))
+            continue
+        try:
             if apply is not None:
                 apply(obj)
         except OSError:
             raise
-        except Exception as e:
-            reason = e.value if isinstance(e, ConfigError) and str(e.field) == str(p) else _first_line(e)
-            failed.append((p, str(reason)))
+        except Exception as e:  # loads, but is not this run's (another version, configuration, shape)
+            failed.append((p, _first_line(e), e))
             continue
         if failed:
-            for bad, _ in failed:
+            for bad, _, _ in failed:
                 set_aside(bad)
-            names = ", ".join(b.name for b, _ in failed)
+            names = ", ".join(b.name for b, _, _ in failed)
             note(f"note: {names} could not be loaded ({failed[0][1]}); continuing from {p.name}, the previous checkpoint (moved the bad copy aside)")
         return obj, p
+    first = failed[0][2]
+    if isinstance(first, ConfigError) and not str(first.field) == str(failed[0][0]):
+        raise first  # the run's own check (e.g. another configuration's checkpoint) says best what is wrong
     raise ConfigError(
         str(path),
         failed[0][1] if len(failed) == 1 else f"{failed[0][1]} (and {len(failed) - 1} older copies)",

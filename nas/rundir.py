@@ -438,7 +438,9 @@ def describe_os_error(e: OSError) -> tuple[str, int]:
     run = active_run_dir()
     target = e.filename or (str(run) if run is not None else None)
     where = f" ({target})" if target else ""
-    again = f"; then continue with --resume {run}" if run is not None else ""
+    again = ""
+    if run is not None:  # resumable once its configuration is written
+        again = f"; then continue with --resume {run}" if (run / "config.json").is_file() else "; then run the same command again"
     if isinstance(e, RunEnvironmentError):
         return str(e), 1
     if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):

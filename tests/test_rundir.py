@@ -309,6 +309,9 @@ def test_failed_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch, err, 
 
 def test_os_errors_become_one_line_naming_the_file(tmp_path):
     with claim(tmp_path / "run", "search"):
+        line, _ = rundir.describe_os_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run/config.json")))
+        assert line.endswith("free some space; then run the same command again")  # nothing to resume yet
+        (tmp_path / "run" / "config.json").write_text("{}")
         line, code = rundir.describe_os_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run/supernet.pt")))
         assert code == 1 and line == (f"no space left on the device ({tmp_path}/run/supernet.pt); free some space; "
                                       f"then continue with --resume {tmp_path}/run")

@@ -34,8 +34,8 @@ from typing import Any
 from nas.arch import Arch
 from nas.cost.budget import Budget, parse_budget
 from nas.errors import ConfigError, InfeasibleBudgetError, check_keys
-from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_checkpoint
-from nas.rundir import check_config_hash, config_hash, heal_search_dir, read_json, read_run_config
+from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_checkpoint, note
+from nas.rundir import check_config_hash, config_hash, heal_search_dir, move_aside, read_json, read_run_config
 from nas.space import SearchSpace, TargetSpace
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -139,6 +139,9 @@ class SearchRun:
         self.calib = calibration_batches(self.loaders, n_images=min(c.bn_images, self.loaders.train.num_images), batch_size=100, seed=c.seed)
         self.val = _take(self.loaders.val, c.eval_images, c.seed)
         self.table = energy_table(self.space, c.hardware, c.bits, ops=(c.op,), path=self.out / "lut.csv")
+        # price from the saved file in every run, fresh or resumed (lut.csv keeps 12 significant digits;
+        # the in-memory table of a fresh run has more, and a resumed run would price slightly differently)
+        self.table = energy_table(self.space, c.hardware, c.bits, ops=(c.op,), path=self.out / "lut.csv")
         self.pricer = Pricer(self.budget, c.op, self.table)
 
     def check_budget(self) -> dict:
@@ -231,8 +234,11 @@ class SearchRun:
 
             best, study = run_stage_two_ray(self, subnet, accuracy)
         else:
-            best, study = run_stage_two(self.space, subnet, accuracy, self.pricer.cost, self.budget.value, c.trials,
-                                        self.out / "stage2.journal", seed=c.seed, progress=self.progress)
+            try:
+                best, study = run_stage_two(self.space, subnet, accuracy, self.pricer.cost, self.budget.value, c.trials,
+                                            self.out / "stage2.journal", seed=c.seed, progress=self.progress)
+            except OSError as e:  # Optuna's journal writes name no file: name it for the one-line message
+                raise e if e.filename else OSError(e.errno, e.strerror, str(self.out / "stage2.journal")) from e
         write_csv(self.out / "trials.csv", trials_rows(study))
         r = {"target": best.arch.to_dict(), "blocks": best.blocks, "accuracy": best.accuracy, "cost": best.cost,
              "trial": best.trial, "time_s": round(time.time() - t0, 1)}
@@ -246,13 +252,17 @@ class SearchRun:
             return self.state["done"]["train"]
         c = self.cfg
         train_dir = self.out / "train"
-        tc = None
-        if not (train_dir / "config.json").is_file():
-            tc = TrainConfig(model=None, op=c.op, aug=c.aug, remap=c.remap, eta=c.eta, dataset=c.dataset, data_root=c.data_root,
-                             resolution=self.space.resolution, batch_size=c.batch_size, epochs=c.final_epochs, lr=c.lr,
-                             seed=c.seed, max_train_images=c.max_train_images, bn_images=c.bn_images,
-                             subnet=subnet.to_dict(), target_arch=target["target"], target_blocks=target["blocks"],
-                             inherit=str(self.out / "supernet.pt"))
+        tc = TrainConfig(model=None, op=c.op, aug=c.aug, remap=c.remap, eta=c.eta, dataset=c.dataset, data_root=c.data_root,
+                         resolution=self.space.resolution, batch_size=c.batch_size, epochs=c.final_epochs, lr=c.lr,
+                         seed=c.seed, max_train_images=c.max_train_images, bn_images=c.bn_images,
+                         subnet=subnet.to_dict(), target_arch=target["target"], target_blocks=target["blocks"],
+                         inherit=str(self.out / "supernet.pt"))
+        if (train_dir / "config.json").is_file():  # resume it, if it trains this TargetNet
+            old, keys = read_run_config(train_dir, "train"), ("subnet", "target_arch", "target_blocks")
+            if config_hash({k: old.get(k) for k in keys}) == config_hash({k: getattr(tc, k) for k in keys}):
+                tc = None
+            else:  # stage two was redone and chose another TargetNet
+                note(f"note: {train_dir} trained another TargetNet; moved it to {move_aside(train_dir)}, training starts again")
         if c.ray_address:  # Ray Train: data-parallel workers; rank 0 writes train/ and target/
             from nas.search.ray_adapter import train_target
 
