@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -358,7 +357,7 @@ def parse_json(text: str, where: str) -> Any:
 
 def _int(d: dict, key: str, where: str, lo: int = 1, default: Any = None, hi: int | None = None) -> int:
     v = d.get(key, default)
-    allowed = f"expected an integer >= {lo}" if hi is None else f"expected an integer in [{lo}, {hi}]"
+    allowed = f"expected an integer >= {lo}" + ("" if hi is None else f" and <= {hi}")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
         raise ConfigError(f"{where}.{key}", v, allowed)
     v = int(v)
@@ -439,14 +438,14 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
     stem = _conv_from_dict(d["stem"], f"{where}.stem", 3, 2)
     stages_in = d["stages"]
     if not isinstance(stages_in, list) or not 1 <= len(stages_in) <= MAX_STAGES:
-        raise ConfigError(f"{where}.stages", stages_in, f"expected a list of 1 to {MAX_STAGES} stages")
+        raise ConfigError(f"{where}.stages", stages_in, f"expected a non-empty list of at most {MAX_STAGES} stages")
     stages = []
     c = stem.out_channels
     for i, s in enumerate(stages_in):
         sw = f"{where}.stages[{i}]"
         check_keys(s, sw, {"blocks": ()}, ("blocks",))
         if not isinstance(s["blocks"], list) or not 1 <= len(s["blocks"]) <= MAX_BLOCKS:
-            raise ConfigError(f"{sw}.blocks", s["blocks"], f"expected a list of 1 to {MAX_BLOCKS} blocks")
+            raise ConfigError(f"{sw}.blocks", s["blocks"], f"expected a non-empty list of at most {MAX_BLOCKS} blocks")
         blocks = []
         for j, b in enumerate(s["blocks"]):
             blk = _block_from_dict(b, f"{sw}.blocks[{j}]", c)

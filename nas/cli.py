@@ -368,7 +368,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         epilog="examples:\n"
         "  shiftaddaug-train --model mbv2-tiny --op shift --aug shiftaddaug --epochs 10\n"
         "  shiftaddaug-train --model mcunet --op add --aug none --dataset cifar10 --data-root ~/data/cifar-10-batches-py\n"
-        "  shiftaddaug-train --resume runs/20261127-120000-train-mbv2-tiny-shift-shiftaddaug",
+        "  shiftaddaug-train --resume runs/20261127-120000-train-mbv2-tiny-shift-shiftaddaug\n"
+        "  shiftaddaug-train --model mbv2-tiny --out runs/mine --overwrite   # start over; the old run moves to runs/mine.old-<time>",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group()
@@ -477,7 +478,8 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         "  shiftaddaug-search                               # the default job: quick preset, bundled data\n"
         "  shiftaddaug-search --budget 0.015mJ --op add\n"
         "  shiftaddaug-search --budget 20mJ --preset paper --dataset cifar100 --data-root ~/data/cifar-100-python\n"
-        "  shiftaddaug-search --resume runs/20261127-130000-search-shift-0.02mJ",
+        "  shiftaddaug-search --resume runs/20261127-130000-search-shift-0.02mJ\n"
+        "  shiftaddaug-search --out runs/mine --overwrite   # start over; the old run moves to runs/mine.old-<time>",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--budget", default=d.budget, help=f"energy (mJ, uJ, J) or latency (ms, us, s) budget of the TargetNet, e.g. 20mJ, 300uJ, 5ms (default {d.budget})")

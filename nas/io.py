@@ -222,7 +222,8 @@ def load_checkpoint(path: str | Path, apply: Callable[[Any], None] | None = None
 
 
 def set_aside(path: str | Path, tag: str = "bad") -> Path:
-    """Rename ``path`` to ``<name>.<tag>-<time>`` next to it (keeps it for inspection) and return the new path."""
+    """Rename ``path`` (a file or a folder) to ``<name>.<tag>-<time>`` next to it, a new name if taken
+    (kept for inspection, never deleted); returns the new path."""
     path = Path(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dest = path.with_name(f"{path.name}.{tag}-{stamp}")

@@ -39,8 +39,8 @@ from nas.errors import ConfigError, RunEnvironmentError, RunLockedError, check_k
 from nas.io import atomic_write_bytes, checkpoint_copies, note, read_torch, set_aside
 
 LOCK_NAME = ".lock"
+RUN_FILES = {"config.json", "state.json", "checkpoint.pt", "supernet.pt", "summary.json"}  # a folder with one is a run
 _HELD: dict[str, "RunLock"] = {}  # resolved dir -> lock held by this process
-_ACTIVE: list[Path] = []  # run directories claimed by this process (innermost last)
 
 
 def is_writer() -> bool:
@@ -49,11 +49,6 @@ def is_writer() -> bool:
         return int(os.environ.get("RANK") or 0) == 0
     except ValueError:
         return True
-
-
-def active_run_dir() -> Path | None:
-    """The run directory this process has claimed (for messages about files it failed to write)."""
-    return _ACTIVE[-1] if _ACTIVE else None
 
 
 def config_hash(cfg: dict) -> str:
@@ -96,7 +91,8 @@ class RunLock:
             info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}
             os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (json.dumps(info) + "\n").encode())
         except BaseException:
             os.close(fd)
             raise
@@ -136,7 +132,8 @@ def _flock(fd: int) -> bool | None:
 
 def _read_holder(fd: int) -> dict | None:
     try:
-        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 4096).decode("utf-8", "replace").strip()
         d = json.loads(text) if text else None
         return d if isinstance(d, dict) else None
     except (OSError, ValueError):
@@ -181,14 +178,14 @@ def claim(folder: str | Path, command: str, *, resume: bool = False, overwrite: 
         return
     lock = None
     if resume:
-        if not folder.is_dir():
-            raise ConfigError("--resume", str(folder), "an existing run directory")
+        if not folder.is_dir() or not {p.name for p in folder.iterdir()} & RUN_FILES:
+            raise ConfigError("--resume", str(folder), "an existing run directory (with config.json)")
         lock = RunLock(folder, command).acquire()
     elif folder.exists():
         if not folder.is_dir():
             raise ConfigError(flag, str(folder), "a directory (this is a file)")
         names = {p.name for p in folder.iterdir()}
-        if names and not names & set(_RUN_FILES):  # not ours: never lock, move or write into it
+        if names and not names & (RUN_FILES | {LOCK_NAME}):  # not ours: never lock, move or write into it
             raise ConfigError(flag, str(folder), "a new directory or a shiftaddaug run: this folder holds other files "
                               "and is left alone; choose another directory")
         lock = RunLock(folder, command).acquire()
@@ -197,34 +194,21 @@ def claim(folder: str | Path, command: str, *, resume: bool = False, overwrite: 
                 lock.release()
                 raise ConfigError(flag, str(folder), "a new directory: this one already holds a run; continue it with "
                                   "--resume DIR, start over with --overwrite (the old one is moved aside), or choose another directory")
-            moved = move_aside(folder)
+            moved = set_aside(folder, "old")
             lock.release()
             lock = None
             note(f"note: --overwrite: the previous run moved to {moved}")
     if lock is None:
         folder.mkdir(parents=True, exist_ok=True)
         lock = RunLock(folder, command).acquire()
-    _ACTIVE.append(folder)
     try:
         yield folder
+    except OSError as e:  # the one-line message names the run to resume (``describe_os_error``)
+        if getattr(e, "run_dir", None) is None:
+            e.run_dir = folder
+        raise
     finally:
-        _ACTIVE.remove(folder)
         lock.release()
-
-
-_RUN_FILES = ("config.json", "state.json", "checkpoint.pt", "supernet.pt", "summary.json", LOCK_NAME)
-
-
-def move_aside(folder: Path) -> Path:
-    """Rename ``folder`` to ``<folder>.old-<time>`` (a new name if taken) and return it."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = folder.with_name(f"{folder.name}.old-{stamp}")
-    n = 1
-    while dest.exists():
-        dest = folder.with_name(f"{folder.name}.old-{stamp}-{n}")
-        n += 1
-    os.rename(folder, dest)
-    return dest
 
 
 # ------------------------------------------------------------------------------------------------
@@ -435,7 +419,7 @@ def _cut(path: Path, data: bytes, good: int, kept: int, what: str) -> str:
 
 def describe_os_error(e: OSError) -> tuple[str, int]:
     """(one line, exit code) for an OSError that reached a command: the file and what to do."""
-    run = active_run_dir()
+    run = getattr(e, "run_dir", None)  # set by ``claim`` when the error left its run
     target = e.filename or (str(run) if run is not None else None)
     where = f" ({target})" if target else ""
     again = ""

@@ -318,7 +318,7 @@ def _list(d: dict, key: str, where: str, kind: type, allowed: tuple | None = Non
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         v = [v]
     if not isinstance(v, list) or not 1 <= len(v) <= MAX_CHOICES:
-        raise ConfigError(f"{where}.{key}", v, f"expected a list of 1 to {MAX_CHOICES} {kind.__name__}s")
+        raise ConfigError(f"{where}.{key}", v, f"expected a non-empty list of at most {MAX_CHOICES} {kind.__name__}s")
     out = []
     for x in v:
         # lo <= x <= hi before any float(): a huge integer would overflow it (NaN fails the comparison)
@@ -377,7 +377,7 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
     stem = HeadChoices(_scaled(_list(st, "out_channels", sw, int, hi=MAX_CHANNELS), mults, f"{sw}.out_channels"), ks, stride,
                        act(st, sw, "relu6"))
     if not isinstance(d["stages"], list) or not 1 <= len(d["stages"]) <= MAX_STAGES:
-        raise ConfigError(f"{where}.stages", d["stages"], f"expected a list of 1 to {MAX_STAGES} stages")
+        raise ConfigError(f"{where}.stages", d["stages"], f"expected a non-empty list of at most {MAX_STAGES} stages")
     stages = []
     for i, s in enumerate(d["stages"]):
         w = f"{where}.stages[{i}]"

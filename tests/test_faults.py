@@ -12,7 +12,6 @@ state is not part of its journal, so the trials sampled after the resume differ 
 import contextlib
 import csv
 import errno
-import io
 import json
 import os
 import random

@@ -30,6 +30,7 @@ HOLD = textwrap.dedent("""
 
 
 def _holder(folder: Path) -> subprocess.Popen:
+    (folder / "config.json").write_text("{}")
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert proc.stdout.readline().strip() == "locked"
@@ -60,6 +61,7 @@ def test_a_second_process_stops_naming_the_holder(tmp_path):
 def test_stale_lock_is_taken_over_with_a_note(tmp_path, capsys):
     (tmp_path / ".lock").write_text(json.dumps({"pid": 999999999, "host": os.uname().nodename, "command": "shiftaddaug-search",
                                                 "since": "2026-01-01 00:00:00"}) + "\n")
+    (tmp_path / "config.json").write_text("{}")
     with claim(tmp_path, "me", resume=True):
         pass
     err = capsys.readouterr().err
@@ -105,6 +107,14 @@ def test_overwrite_leaves_foreign_folders_alone(tmp_path):
             with claim(tmp_path, "train", overwrite=overwrite):
                 pass
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # not even a lock file
+
+
+def test_resume_needs_a_run_directory(tmp_path):
+    for folder in (tmp_path / "missing", tmp_path):
+        with pytest.raises(ConfigError, match="an existing run directory"):
+            with claim(folder, "search", resume=True):
+                pass
+    assert list(tmp_path.iterdir()) == []  # no lock file left in a folder that is not a run
 
 
 def test_empty_or_lock_only_folder_is_reused(tmp_path):
@@ -308,15 +318,20 @@ def test_failed_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch, err, 
 
 
 def test_os_errors_become_one_line_naming_the_file(tmp_path):
-    with claim(tmp_path / "run", "search"):
-        line, _ = rundir.describe_os_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run/config.json")))
-        assert line.endswith("free some space; then run the same command again")  # nothing to resume yet
-        (tmp_path / "run" / "config.json").write_text("{}")
-        line, code = rundir.describe_os_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run/supernet.pt")))
-        assert code == 1 and line == (f"no space left on the device ({tmp_path}/run/supernet.pt); free some space; "
-                                      f"then continue with --resume {tmp_path}/run")
-        line, _ = rundir.describe_os_error(PermissionError(errno.EACCES, "Permission denied"))  # no file name: the run dir
-        assert line.startswith(f"permission denied ({tmp_path}/run); make ")
+    def failing(name, err=errno.ENOSPC, filename=True):
+        with pytest.raises(OSError) as e:
+            with claim(tmp_path / "run", "search", resume=(tmp_path / "run" / "config.json").exists()):
+                raise OSError(err, os.strerror(err), str(tmp_path / "run" / name) if filename else None)
+        return rundir.describe_os_error(e.value)
+
+    line, code = failing("config.json")
+    assert code == 1 and line.endswith("free some space; then run the same command again")  # nothing to resume yet
+    (tmp_path / "run" / "config.json").write_text("{}")
+    line, code = failing("supernet.pt")
+    assert code == 1 and line == (f"no space left on the device ({tmp_path}/run/supernet.pt); free some space; "
+                                  f"then continue with --resume {tmp_path}/run")
+    line, _ = failing("x", errno.EACCES, filename=False)  # no file name: the run directory
+    assert line.startswith(f"permission denied ({tmp_path}/run); make ") and line.endswith(f"--resume {tmp_path}/run")
 
 
 # ------------------------------------------------------------------------------------------ kernel cache

@@ -34,8 +34,8 @@ from typing import Any
 from nas.arch import Arch
 from nas.cost.budget import Budget, parse_budget
 from nas.errors import ConfigError, InfeasibleBudgetError, check_keys
-from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_checkpoint, note
-from nas.rundir import check_config_hash, config_hash, heal_search_dir, move_aside, read_json, read_run_config
+from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_checkpoint, note, set_aside
+from nas.rundir import check_config_hash, config_hash, heal_search_dir, read_json, read_run_config
 from nas.space import SearchSpace, TargetSpace
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -262,7 +262,7 @@ class SearchRun:
             if config_hash({k: old.get(k) for k in keys}) == config_hash({k: getattr(tc, k) for k in keys}):
                 tc = None
             else:  # stage two was redone and chose another TargetNet
-                note(f"note: {train_dir} trained another TargetNet; moved it to {move_aside(train_dir)}, training starts again")
+                note(f"note: {train_dir} trained another TargetNet; moved it to {set_aside(train_dir, 'old')}, training starts again")
         if c.ray_address:  # Ray Train: data-parallel workers; rank 0 writes train/ and target/
             from nas.search.ray_adapter import train_target
 
