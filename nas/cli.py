@@ -413,7 +413,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         from nas.search.ray_adapter import check_ray
 
         check_ray(args.ray_address)  # before anything runs: a one-line error without ray
-    from nas.rundir import claim, heal_train_dir, read_run_config
+    from nas.rundir import claim, heal_train_dir, is_writer, read_run_config
 
     if args.resume:
         if args.overwrite:
@@ -435,7 +435,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     with claim(out, "shiftaddaug-train", resume=bool(args.resume), overwrite=args.overwrite):
         if args.resume:
             read_run_config(out, "train")  # a damaged, foreign or search directory: one line
-            heal_train_dir(out)
+            if is_writer():
+                heal_train_dir(out)
         if args.resume and args.ray_address:
             from nas.search.ray_adapter import train as ray_train
 

@@ -24,6 +24,15 @@ from typing import Any, Callable
 from nas.errors import ConfigError
 
 
+def is_writer() -> bool:
+    """True in the process that writes run files: a single process, or rank 0 of a torchrun job
+    (``RANK``); other ranks only read."""
+    try:
+        return int(os.environ.get("RANK") or 0) == 0
+    except ValueError:
+        return True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     tmp = None
@@ -205,9 +214,12 @@ def load_checkpoint(path: str | Path, apply: Callable[[Any], None] | None = None
         except Exception as e:  # loads, but is not this run's (another version, configuration, shape)
             failed.append((p, _first_line(e), e))
             continue
-        if failed:
+        if failed and is_writer():  # (other ranks read the same files: only the writer moves them)
             for bad, _, _ in failed:
-                set_aside(bad)
+                try:
+                    set_aside(bad)
+                except FileNotFoundError:
+                    pass
             names = ", ".join(b.name for b, _, _ in failed)
             note(f"note: {names} could not be loaded ({failed[0][1]}); continuing from {p.name}, the previous checkpoint (moved the bad copy aside)")
         return obj, p

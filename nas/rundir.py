@@ -36,19 +36,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from nas.errors import ConfigError, RunEnvironmentError, RunLockedError, check_keys
-from nas.io import atomic_write_bytes, checkpoint_copies, note, read_torch, set_aside
+from nas.io import atomic_write_bytes, checkpoint_copies, is_writer, note, read_torch, set_aside
 
 LOCK_NAME = ".lock"
 RUN_FILES = {"config.json", "state.json", "checkpoint.pt", "supernet.pt", "summary.json"}  # a folder with one is a run
 _HELD: dict[str, "RunLock"] = {}  # resolved dir -> lock held by this process
-
-
-def is_writer() -> bool:
-    """True in the process that writes files: a single process, or rank 0 of a torchrun job."""
-    try:
-        return int(os.environ.get("RANK") or 0) == 0
-    except ValueError:
-        return True
 
 
 def config_hash(cfg: dict) -> str:
@@ -158,8 +150,8 @@ def _busy(folder: Path, holder: dict | None) -> str:
         return f"{folder} is in use by another process (its lock file {LOCK_NAME} is held); wait for it to finish or choose another directory"
     who = f"{holder.get('command', 'a run')} (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since', '?')})"
     if holder.get("host") == socket.gethostname() and not _alive(holder):
-        return (f"{folder} is locked by a process left over from {who}, which has exited; "
-                "end its remaining child processes, then retry")
+        return (f"{folder} is locked by another process ({who} has exited; a run inside this directory, such as "
+                "its train/, or a child process left over holds the lock); wait for it or end it, then retry")
     return f"{folder} is in use by {who}; wait for it to finish, or choose another directory"
 
 
@@ -168,9 +160,10 @@ def claim(folder: str | Path, command: str, *, resume: bool = False, overwrite: 
           flag: str = "--out") -> Iterator[Path]:
     """Hold ``folder`` as this command's run directory for the ``with`` block.
 
-    ``resume``: the directory must exist (its contents are checked by the caller). Otherwise a
-    directory that already holds files is refused unless ``overwrite``, which moves it aside to
-    ``<dir>.old-<time>``. Only the writing process (``is_writer``) locks; other ranks pass through.
+    ``resume``: the directory must hold a run. Otherwise a directory that already holds files is
+    refused unless ``overwrite``, which moves it aside to ``<dir>.old-<time>``. A run inside another
+    run (a search's ``train/``) also holds the parent's lock shared, so neither can be resumed while
+    the other runs. Only the writing process (``is_writer``) locks; other ranks pass through.
     """
     folder = Path(folder)
     if not is_writer():
@@ -202,13 +195,39 @@ def claim(folder: str | Path, command: str, *, resume: bool = False, overwrite: 
         folder.mkdir(parents=True, exist_ok=True)
         lock = RunLock(folder, command).acquire()
     try:
+        parent = _share_parent_lock(folder)
+    except BaseException:
+        lock.release()
+        raise
+    try:
         yield folder
     except OSError as e:  # the one-line message names the run to resume (``describe_os_error``)
         if getattr(e, "run_dir", None) is None:
             e.run_dir = folder
         raise
     finally:
+        if parent is not None:
+            os.close(parent)
         lock.release()
+
+
+def _share_parent_lock(folder: Path) -> int | None:
+    """A shared lock on the run directory around ``folder``, if there is one (else None)."""
+    path = folder.resolve().parent / LOCK_NAME
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return fd
+    except (ImportError, OSError) as e:
+        holder = _read_holder(fd)
+        os.close(fd)
+        if isinstance(e, OSError) and e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise RunLockedError(_busy(path.parent, holder)) from None
+        return None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -255,6 +255,7 @@ def test_torn_csv_histories_heal_on_resume(finished, copy_of, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes on a quiet 2-core machine; generous for a loaded one
 def test_unreadable_checkpoints_fall_back_or_redo_the_step(finished, copy_of, capsys):
     """A damaged newest training checkpoint falls back to the previous epoch; a supernet with no
     readable copy is trained again. Both end bit-identical to the uninterrupted run."""
@@ -401,6 +402,7 @@ class WriteFaults:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes on a quiet 2-core machine; generous for a loaded one
 def test_full_disk_and_permission_errors_on_every_write_path(finished, tmp_path, monkeypatch, capsys):
     """Each file the search writes fails once (ENOSPC or EACCES, alternating): every failure is one
     line naming the file, exit 1, no temp file; after each, --resume continues; the result equals
@@ -466,6 +468,7 @@ SEARCH_POINTS = [
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes on a quiet 2-core machine; generous for a loaded one
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kill_9_anywhere_in_a_search_then_resume(seed, finished, tmp_path):
     from nas.search.target_search import open_study
@@ -502,6 +505,7 @@ TRAIN_POINTS = [
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes on a quiet 2-core machine; generous for a loaded one
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kill_9_anywhere_in_a_training_run_then_resume(seed, trained, tmp_path):
     rng = random.Random(100 + seed)

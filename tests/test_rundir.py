@@ -58,6 +58,30 @@ def test_a_second_process_stops_naming_the_holder(tmp_path):
     assert (tmp_path / ".lock").read_text() == ""  # a clean exit leaves no holder behind
 
 
+def test_a_run_inside_a_busy_run_is_refused(tmp_path):
+    """`shiftaddaug-train --resume RUN/train` while a search runs on RUN, and the reverse."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "config.json").write_text("{}")
+    proc = _holder(tmp_path)
+    try:
+        with pytest.raises(RunLockedError, match=f"{tmp_path} is in use by holder"):
+            with claim(tmp_path / "train", "train", resume=True):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    proc = _holder(tmp_path / "train")  # now a run in train/: the search around it cannot resume
+    try:
+        with pytest.raises(RunLockedError, match="a run inside this directory, such as its train/"):
+            with claim(tmp_path, "search", resume=True):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with claim(tmp_path, "search", resume=True):
+        pass
+
+
 def test_stale_lock_is_taken_over_with_a_note(tmp_path, capsys):
     (tmp_path / ".lock").write_text(json.dumps({"pid": 999999999, "host": os.uname().nodename, "command": "shiftaddaug-search",
                                                 "since": "2026-01-01 00:00:00"}) + "\n")

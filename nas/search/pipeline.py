@@ -35,7 +35,7 @@ from nas.arch import Arch
 from nas.cost.budget import Budget, parse_budget
 from nas.errors import ConfigError, InfeasibleBudgetError, check_keys
 from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_checkpoint, note, set_aside
-from nas.rundir import check_config_hash, config_hash, heal_search_dir, read_json, read_run_config
+from nas.rundir import check_config_hash, config_hash, heal_search_dir, is_writer, read_json, read_run_config
 from nas.space import SearchSpace, TargetSpace
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -296,7 +296,7 @@ class SearchRun:
         done = self.state["done"]
         if "report" in done and (self.out / "summary.json").is_file():  # finished: a resume changes nothing
             return read_json(self.out / "summary.json", "the run's summary is damaged: delete it and run --resume again")
-        if "supernet" in heal_search_dir(self.out):  # no copy of supernet.pt loads: train it again
+        if is_writer() and "supernet" in heal_search_dir(self.out):  # no copy of supernet.pt loads: train it again
             done.pop("supernet", None)  # (a lost train/checkpoint.pt restarts training by itself)
         self.setup()
         budget_info = self.check_budget()
