@@ -487,6 +487,7 @@ def test_kill_9_anywhere_in_a_search_then_resume(seed, finished, tmp_path):
                           if t.state.name == "COMPLETE"}
             kills.append((point, in_stage_two, trials))
         cmd = [str(BIN / "shiftaddaug-search"), "--resume", str(out), "--quiet"]
+    print("killed:", [(point, "inside stage two" if in_two else "") for point, in_two, _ in kills])
     r = cli("search", ["--resume", str(out), "--quiet"])
     assert r.returncode == 0, (kills, r.stderr[-2000:])
     stage_two = any(k[1] for k in kills)
@@ -512,7 +513,7 @@ def test_kill_9_anywhere_in_a_training_run_then_resume(seed, trained, tmp_path):
     out = new_train_dir(tmp_path / "train")
     cmd = [str(BIN / "shiftaddaug-train"), "--resume", str(out), "--quiet"]
     point, ready = TRAIN_POINTS[seed % len(TRAIN_POINTS)]
-    kill_when(cmd, lambda: ready(out), rng.uniform(0.5, 3.0))
+    print("killed:", point if kill_when(cmd, lambda: ready(out), rng.uniform(0.5, 3.0)) else "(finished first)")
     r = cli("train", ["--resume", str(out), "--quiet"])
     assert r.returncode == 0, (point, r.stderr[-2000:])
     assert_same_training(out, trained)
