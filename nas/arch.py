@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,6 +37,17 @@ KERNEL_SIZES = (1, 3, 5, 7)
 STRIDES = (1, 2)
 # Names used by OFA / NetAug / MCUNet files for the same activations.
 _ACT_ALIASES = {"h_swish": "hswish", "hard_swish": "hswish", None: "none", "": "none"}
+# Bounds on what an architecture or search-space file may ask for: far above any network these
+# tools are for, low enough that a mistyped or hostile file is refused at once (one ConfigError)
+# instead of running for minutes and exhausting memory.
+MAX_FILE_BYTES = 1 << 20  # architecture / search-space files are a few kB
+MAX_STAGES = 16
+MAX_BLOCKS = 32  # blocks per stage
+MAX_CHANNELS = 16384
+MAX_RESOLUTION = 4096
+MAX_CLASSES = 100_000
+MAX_EXPAND = 32
+MAX_NAME = 200
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -160,11 +170,7 @@ class Arch:
 
     @staticmethod
     def from_json(text: str, where: str = "arch") -> "Arch":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(where, f"<invalid JSON: {e.msg} at line {e.lineno}>", "a JSON object") from None
-        return Arch.from_dict(d, where)
+        return Arch.from_dict(parse_json(text, where), where)
 
     def save(self, path: str | Path) -> None:
         from nas.io import atomic_write_text
@@ -177,10 +183,7 @@ class Arch:
         p = Path(path)
         if not p.is_file():
             raise ConfigError("arch file", str(p), "expected an existing Arch JSON or OFA/MCUNet net.config file")
-        try:
-            d = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(str(p), "<not JSON>", f"an Arch JSON or OFA net.config ({e})") from None
+        d = parse_json(read_bounded(p), str(p))
         if isinstance(d, dict) and "first_conv" in d and "blocks" in d:
             return from_ofa_config(d, name=p.stem)
         return Arch.from_dict(d, where=str(p.name))
@@ -353,19 +356,41 @@ def has_shortcut(in_channels: int, block: BlockSpec) -> bool:
 # parsing and validation
 
 
-def _int(d: dict, key: str, where: str, lo: int = 1, default: Any = None) -> int:
+def read_bounded(path: Path, limit: int = MAX_FILE_BYTES) -> str:
+    """The text of a user's input file, refused (one ConfigError) above ``limit`` bytes or when not UTF-8."""
+    size = path.stat().st_size
+    if size > limit:
+        raise ConfigError(str(path), f"<{size} bytes>", f"a file of at most {limit} bytes (architectures and search spaces are a few kB)")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), f"<not UTF-8 text: {e.reason} at byte {e.start}>", "a UTF-8 text file") from None
+
+
+def parse_json(text: str, where: str) -> Any:
+    """``json.loads`` with one ConfigError for invalid or too deeply nested text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(where, f"<invalid JSON: {e.msg} at line {e.lineno}>", "a JSON object") from None
+    except RecursionError:
+        raise ConfigError(where, "<JSON nested too deeply>", "an architecture: a JSON object a few levels deep") from None
+
+
+def _int(d: dict, key: str, where: str, lo: int = 1, default: Any = None, hi: int | None = None) -> int:
     v = d.get(key, default)
+    allowed = f"expected an integer >= {lo}" + ("" if hi is None else f" and <= {hi}")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-        raise ConfigError(f"{where}.{key}", v, f"expected an integer >= {lo}")
+        raise ConfigError(f"{where}.{key}", v, allowed)
     v = int(v)
-    if v < lo:
-        raise ConfigError(f"{where}.{key}", v, f"expected an integer >= {lo}")
+    if v < lo or (hi is not None and v > hi):
+        raise ConfigError(f"{where}.{key}", v, allowed)
     return v
 
 
 def _choice(d: dict, key: str, where: str, choices: tuple, default: Any = None, aliases: dict | None = None) -> Any:
     v = d.get(key, default)
-    if aliases and v in aliases:
+    if aliases and (v is None or isinstance(v, str)) and v in aliases:
         v = aliases[v]
     if v not in choices:
         raise ConfigError(f"{where}.{key}", v, f"allowed: {', '.join(map(str, choices))}")
@@ -376,7 +401,7 @@ def _conv_from_dict(d: Any, where: str, default_k: int, default_s: int) -> ConvS
     keys = {f.name: () for f in dataclasses.fields(ConvSpec)}
     check_keys(d, where, keys, ("out_channels",))
     return ConvSpec(
-        out_channels=_int(d, "out_channels", where),
+        out_channels=_int(d, "out_channels", where, hi=MAX_CHANNELS),
         kernel_size=_choice(d, "kernel_size", where, KERNEL_SIZES, default_k),
         stride=_choice(d, "stride", where, STRIDES, default_s),
         act=_choice(d, "act", where, ACTS, "relu6", _ACT_ALIASES),
@@ -388,16 +413,18 @@ def _block_from_dict(d: Any, where: str, in_channels: int, schema_version: int =
     keys = {f.name: () for f in dataclasses.fields(BlockSpec) if schema_version > 1 or f.name != "se_op"}
     check_keys(d, where, keys, ("kernel_size", "expand_ratio", "out_channels"))
     e = d["expand_ratio"]
-    if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e <= 0:
-        raise ConfigError(f"{where}.expand_ratio", e, "expected a positive number")
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e <= MAX_EXPAND:  # (NaN fails too)
+        raise ConfigError(f"{where}.expand_ratio", e, f"expected a positive number <= {MAX_EXPAND}")
     ks = _choice(d, "kernel_size", where, (3, 5, 7))
     if "mid_channels" in d and d["mid_channels"] is not None:
-        mid = _int(d, "mid_channels", where)
+        mid = _int(d, "mid_channels", where, hi=MAX_CHANNELS)
     else:
         mid = in_channels if e == 1 else make_divisible(round(in_channels * e), 8)
+        if mid > MAX_CHANNELS:
+            raise ConfigError(f"{where}.expand_ratio", e, f"mid channels {mid} (from {in_channels} input channels) exceed {MAX_CHANNELS}")
     if e == 1 and mid != in_channels:
         raise ConfigError(f"{where}.mid_channels", mid, f"a block with expand_ratio 1 has no expand conv, so mid_channels must equal its input channels ({in_channels})")
-    out = _int(d, "out_channels", where)
+    out = _int(d, "out_channels", where, hi=MAX_CHANNELS)
     stride = _choice(d, "stride", where, STRIDES, 1)
     fits = stride == 1 and out == in_channels
     shortcut = d.get("shortcut", fits)
@@ -418,7 +445,7 @@ def _block_from_dict(d: Any, where: str, in_channels: int, schema_version: int =
         stride=stride,
         shortcut=shortcut,
         act=_choice(d, "act", where, ACTS, "relu6", _ACT_ALIASES),
-        se_channels=_int(d, "se_channels", where, lo=0, default=0),
+        se_channels=_int(d, "se_channels", where, lo=0, default=0, hi=MAX_CHANNELS),
         op=op,
         dw_op=dw_op,
         se_op=se_op,
@@ -434,19 +461,19 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
     if isinstance(sv, bool) or sv not in READS_SCHEMA_VERSIONS:
         raise ConfigError(f"{where}.schema_version", sv, f"this version of shiftaddaug reads schema_version {', '.join(map(str, READS_SCHEMA_VERSIONS))}")
     name = d.get("name", "arch")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}.name", name, "expected a non-empty string")
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        raise ConfigError(f"{where}.name", name, f"expected a non-empty string of at most {MAX_NAME} characters")
     stem = _conv_from_dict(d["stem"], f"{where}.stem", 3, 2)
     stages_in = d["stages"]
-    if not isinstance(stages_in, list) or not stages_in:
-        raise ConfigError(f"{where}.stages", stages_in, "expected a non-empty list of stages")
+    if not isinstance(stages_in, list) or not 1 <= len(stages_in) <= MAX_STAGES:
+        raise ConfigError(f"{where}.stages", stages_in, f"expected a non-empty list of at most {MAX_STAGES} stages")
     stages = []
     c = stem.out_channels
     for i, s in enumerate(stages_in):
         sw = f"{where}.stages[{i}]"
         check_keys(s, sw, {"blocks": ()}, ("blocks",))
-        if not isinstance(s["blocks"], list) or not s["blocks"]:
-            raise ConfigError(f"{sw}.blocks", s["blocks"], "expected a non-empty list of blocks")
+        if not isinstance(s["blocks"], list) or not 1 <= len(s["blocks"]) <= MAX_BLOCKS:
+            raise ConfigError(f"{sw}.blocks", s["blocks"], f"expected a non-empty list of at most {MAX_BLOCKS} blocks")
         blocks = []
         for j, b in enumerate(s["blocks"]):
             blk = _block_from_dict(b, f"{sw}.blocks[{j}]", c, sv)
@@ -467,14 +494,14 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
     classifier = ClassifierSpec(op=_choice(cls, "op", f"{where}.classifier", OP_KINDS, "mult"), dropout=float(dropout))
     return Arch(
         name=name,
-        resolution=_int(d, "resolution", where, lo=8),
-        num_classes=_int(d, "num_classes", where),
+        resolution=_int(d, "resolution", where, lo=8, hi=MAX_RESOLUTION),
+        num_classes=_int(d, "num_classes", where, hi=MAX_CLASSES),
         stem=stem,
         stages=tuple(stages),
         feature_mix=heads["feature_mix"],
         post_pool=heads["post_pool"],
         classifier=classifier,
-        in_channels=_int(d, "in_channels", where, default=3),
+        in_channels=_int(d, "in_channels", where, default=3, hi=MAX_CHANNELS),
     )
 
 
@@ -506,6 +533,8 @@ def from_ofa_config(cfg: dict, name: str = "ofa", resolution: int | None = None,
     file's ``resolution`` key (MCUNet) or 224 (plain OFA files keep it in run.config).
     """
     where = f"{name}"
+    if isinstance(cfg.get("blocks"), list) and len(cfg["blocks"]) > MAX_STAGES * MAX_BLOCKS:
+        raise ConfigError(f"{where}.blocks", cfg["blocks"], f"at most {MAX_STAGES * MAX_BLOCKS} blocks")
     try:
         fc = cfg["first_conv"]
         stem = {
@@ -569,6 +598,8 @@ def from_ofa_config(cfg: dict, name: str = "ofa", resolution: int | None = None,
             "post_pool": post_pool,
             "classifier": {"dropout": float(cls.get("dropout_rate", 0) or 0)},
         }
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, OverflowError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(where, f"<malformed net.config: {e!r}>", "an OFA/MCUNet net.config with first_conv, blocks, classifier") from None
     return Arch.from_dict(d, where)

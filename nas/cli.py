@@ -1,6 +1,9 @@
 """Console scripts. Each ``*_main`` is an entry point declared in setup.cfg.
 
-Every command turns a ``ConfigError`` (bad user input) into one line on stderr and exit code 2.
+Every command turns a failure into one line on stderr: a ``ConfigError`` (bad user input, a
+damaged or foreign file) exits with code 2, an infeasible budget with 3, and the environment
+(``OSError``: a full disk, a read-only or busy run directory, naming the file) or a training run
+that diverged with code 1.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nas.errors import ConfigError, InfeasibleBudgetError
+from nas.errors import ConfigError, InfeasibleBudgetError, TrainingDivergedError
 
 
 def _friendly(fn: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
@@ -26,11 +29,29 @@ def _friendly(fn: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[s
         except InfeasibleBudgetError as e:
             print(f"infeasible: {e}", file=sys.stderr)
             return 3
+        except OSError as e:  # the environment: full disk, permissions, a busy run directory
+            from nas.rundir import describe_os_error
+
+            line, code = describe_os_error(e)
+            print(f"error: {line}", file=sys.stderr)
+            return code
+        except TrainingDivergedError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
 
     return wrapper
+
+
+def _ignored_on_resume(p: argparse.ArgumentParser, args: argparse.Namespace, honoured=("resume", "quiet")) -> None:
+    """--resume continues a run with its recorded configuration: name the options it ignores."""
+    ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in honoured and v != p.get_default(k)]
+    if ignored:
+        from nas.io import note
+
+        note(f"note: --resume continues {args.resume} with its recorded configuration; ignored: {', '.join(ignored)}")
 
 
 def add_arch_args(p: argparse.ArgumentParser, op_default: str | None = None) -> None:
@@ -360,7 +381,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         epilog="examples:\n"
         "  shiftaddaug-train --model mbv2-tiny --op shift --aug shiftaddaug --epochs 10\n"
         "  shiftaddaug-train --model mcunet --op add --aug none --dataset cifar10 --data-root ~/data/cifar-10-batches-py\n"
-        "  shiftaddaug-train --resume runs/20261127-120000-train-mbv2-tiny-shift-shiftaddaug",
+        "  shiftaddaug-train --resume runs/20261127-120000-train-mbv2-tiny-shift-shiftaddaug\n"
+        "  shiftaddaug-train --model mbv2-tiny --out runs/mine --overwrite   # start over; the old run moves to runs/mine.old-<time>",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group()
@@ -393,7 +415,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weight-bits", type=int, default=d.weight_bits, help=f"shift weight bits (default {d.weight_bits})")
     p.add_argument("--workers", type=int, default=d.workers, help="data loader workers (image folders)")
     p.add_argument("--max-train-images", type=int, metavar="N", help="train on the first N images of the training split")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-train-<model>-<op>-<aug>)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-train-<model>-<op>-<aug>); "
+                   "an existing run is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run (the old one is moved to DIR.old-<time>)")
     p.add_argument("--ray-address", metavar="local|auto|HOST:PORT",
                    help="data-parallel training with Ray Train on that cluster (needs the ray extra; docs/ray.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -402,16 +426,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         from nas.search.ray_adapter import check_ray
 
         check_ray(args.ray_address)  # before anything runs: a one-line error without ray
-    if args.resume and args.ray_address:
-        from nas.search.ray_adapter import train as ray_train
+    from nas.rundir import claim, heal_train_dir, is_writer, read_run_config
 
-        if not (Path(args.resume) / "config.json").is_file():
-            raise ConfigError("--resume", args.resume, "a shiftaddaug-train run directory (with config.json)")
-        print(f"resuming {args.resume} on Ray ({args.ray_address})")
-        out, s = Path(args.resume), ray_train(args.ray_address, args.resume)["summary"]
-    elif args.resume:
-        trainer = resume_trainer(args.resume, progress=not args.quiet)
-        print(f"resuming {args.resume} at epoch {trainer.epoch}/{trainer.cfg.epochs}")
+    if args.resume:
+        if args.overwrite:
+            raise ConfigError("--overwrite", True, "not with --resume (it continues the run)")
+        _ignored_on_resume(p, args, honoured=("resume", "quiet", "ray_address"))
+        out = Path(args.resume)
     else:
         if not (args.model or args.arch):
             raise ConfigError("--model", None, "give --model NAME, --arch FILE or --resume DIR")
@@ -423,15 +444,27 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             max_train_images=args.max_train_images, epochs=args.epochs, lr=args.lr, seed=args.seed,
         ).validate()
         name = f"train-{args.model or Path(args.arch).stem}-{args.op}-{args.aug}"
-        out = args.out or default_run_dir(name)
-        if args.ray_address:
+        out = Path(args.out or default_run_dir(name))
+    with claim(out, "shiftaddaug-train", resume=bool(args.resume), overwrite=args.overwrite):
+        if args.resume:
+            read_run_config(out, "train")  # a damaged, foreign or search directory: one line
+            if is_writer():
+                heal_train_dir(out)
+        if args.resume and args.ray_address:
             from nas.search.ray_adapter import train as ray_train
 
-            out, s = Path(out), ray_train(args.ray_address, out, cfg)["summary"]
+            print(f"resuming {args.resume} on Ray ({args.ray_address})")
+            s = ray_train(args.ray_address, args.resume)["summary"]
+        elif args.resume:
+            trainer = resume_trainer(args.resume, progress=not args.quiet)
+            print(f"resuming {args.resume} at epoch {trainer.epoch}/{trainer.cfg.epochs}")
+            s = trainer.fit()
+        elif args.ray_address:
+            from nas.search.ray_adapter import train as ray_train
+
+            s = ray_train(args.ray_address, out, cfg)["summary"]
         else:
-            trainer = Trainer(cfg, out, progress=not args.quiet)
-    if not args.ray_address:
-        out, s = trainer.out, trainer.fit()
+            s = Trainer(cfg, out, progress=not args.quiet).fit()
     print()
     print(f"run directory   {out}")
     print(f"TargetNet       {s['target']} ({s['op']}, trained with aug={s['aug']}, remap={s['remap']}, {s['epochs']} epochs)")
@@ -461,7 +494,8 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         "  shiftaddaug-search --budget 20mJ --preset paper --dataset cifar100 --data-root ~/data/cifar-100-python\n"
         "  shiftaddaug-search --budget 20mJ --preset imagenet --op add --dry-run   # where the budget lies, no data read\n"
         "  shiftaddaug-search --budget 20mJ --preset imagenet --data-root ~/data/imagenet   # train/ and val/ class folders\n"
-        "  shiftaddaug-search --resume runs/20261127-130000-search-shift-0.02mJ",
+        "  shiftaddaug-search --resume runs/20261127-130000-search-shift-0.02mJ\n"
+        "  shiftaddaug-search --out runs/mine --overwrite   # start over; the old run moves to runs/mine.old-<time>",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--budget", default=d.budget, help=f"energy (mJ, uJ, J) or latency (ms, us, s) budget of the TargetNet, e.g. 20mJ, 300uJ, 5ms (default {d.budget})")
@@ -476,14 +510,16 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hardware", metavar="NAME|FILE", help="hardware model of the energy / latency price list (default eyeriss-45nm)")
     p.add_argument("--bits", type=int, choices=(32, 16, 8), default=d.bits, help="operand width of the energy model (default 32)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-search-<op>-<budget>)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-search-<op>-<budget>); an existing run is refused unless --overwrite")
     p.add_argument("--resume", metavar="DIR", help="continue a killed run from its directory (other options are ignored)")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run (the old one is moved to DIR.old-<time>)")
     p.add_argument("--ray-address", metavar="local|auto|HOST:PORT", help="run the search on a Ray cluster (needs the ray extra)")
     g = p.add_argument_group("overrides of the preset")
     for name, help_ in (("supernet-epochs", "epochs of supernet training"), ("population", "stage-one population"),
                         ("generations", "stage-one generations"), ("trials", "stage-two Optuna trials"),
                         ("final-epochs", "epochs of ShiftAddAug training"), ("batch-size", "batch size"),
-                        ("max-train-images", "train on the first N images"), ("eval-images", "validation images per evaluation")):
+                        ("max-train-images", "train on the first N images"), ("eval-images", "validation images per evaluation"),
+                        ("bn-images", "images that re-estimate BatchNorm statistics per evaluation")):
         g.add_argument(f"--{name}", type=int, help=help_)
     p.add_argument("--dry-run", action="store_true",
                    help="only price the space: its cheapest and dearest network for --op against the budget, and whether the "
@@ -502,22 +538,33 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(info, sort_keys=True) if args.json else preview_text(info))
         return 0
     args.quiet = args.quiet or args.json  # stdout carries the JSON object only
+    from nas.rundir import claim
+
     if args.resume:
-        run = SearchRun.resume(args.resume, progress=not args.quiet)
-        print(f"resuming {args.resume}; finished steps: {', '.join(run.state['done']) or 'none'}",
-              file=sys.stderr if args.json else sys.stdout)
+        if args.overwrite:
+            raise ConfigError("--overwrite", True, "not with --resume (it continues the run)")
+        _ignored_on_resume(p, args)
+        out = Path(args.resume)
     else:
         cfg = SearchConfig(budget=args.budget, op=args.op, preset=args.preset, space=args.space, dataset=args.dataset,
                            data_root=args.data_root, hardware=args.hardware, bits=args.bits, seed=args.seed,
                            ray_address=args.ray_address,
                            **{k: getattr(args, k) for k in ("supernet_epochs", "population", "generations", "trials", "final_epochs",
-                                                             "batch_size", "max_train_images", "eval_images")})
+                                                             "batch_size", "max_train_images", "eval_images", "bn_images")})
+        cfg.resolved()  # bad options fail before the run directory is touched
         if args.ray_address:
             from nas.search.ray_adapter import check_ray
 
             check_ray(args.ray_address)
-        run = SearchRun(cfg, args.out or default_run_dir(f"search-{args.op}-{args.budget.replace(' ', '')}"), progress=not args.quiet)
-    s = run.run()
+        out = Path(args.out or default_run_dir(f"search-{args.op}-{args.budget.replace(' ', '')}"))
+    with claim(out, "shiftaddaug-search", resume=bool(args.resume), overwrite=args.overwrite):
+        if args.resume:
+            run = SearchRun.resume(args.resume, progress=not args.quiet)
+            print(f"resuming {args.resume}; finished steps: {', '.join(run.state['done']) or 'none'}",
+                  file=sys.stderr if args.json else sys.stdout)
+        else:
+            run = SearchRun(cfg, out, progress=not args.quiet)
+        s = run.run()
     if args.json:
         print(json.dumps(s, sort_keys=True))
         return 0
@@ -562,10 +609,19 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", choices=("json", "onnx", "all"), default="all", help="what to write (default all)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     args = p.parse_args(argv)
+    from nas.rundir import claim
+
     run = Path(args.run_dir)
-    train_dir = run / "train" if (run / "train" / "config.json").is_file() else run
-    if not (train_dir / "checkpoint.pt").is_file():
-        raise ConfigError("RUN_DIR", str(run), "a finished shiftaddaug-search or shiftaddaug-train run directory (no training checkpoint found)")
+    if not (run / "config.json").is_file():
+        raise ConfigError("RUN_DIR", str(run), "a finished shiftaddaug-search or shiftaddaug-train run directory (no config.json)")
+    with claim(run, "shiftaddaug-export", resume=True):  # it rewrites target/: not while the run itself is busy
+        train_dir = run / "train" if (run / "train" / "config.json").is_file() else run
+        if not (train_dir / "checkpoint.pt").is_file():
+            raise ConfigError("RUN_DIR", str(run), "a finished shiftaddaug-search or shiftaddaug-train run directory (no training checkpoint found)")
+        return _export(run, train_dir, args)
+
+
+def _export(run: Path, train_dir: Path, args: argparse.Namespace) -> int:
     target_dir = run / "target"
     if args.format in ("json", "all"):
         from nas.train.trainer import resume_trainer

@@ -17,7 +17,6 @@ runtime beyond the operators themselves.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ import torch.nn as nn
 import nas
 from nas.arch import Arch
 from nas.errors import ConfigError
-from nas.io import atomic_torch_save, atomic_write_json
+from nas.io import atomic_torch_save, atomic_write_json, read_torch
 
 EXPORT_VERSION = 1
 
@@ -88,13 +87,22 @@ def multiplicative_layers(model: nn.Module) -> list[str]:
 def load_exported(path: str | Path) -> nn.Module:
     """Rebuild an exported TargetNet (eval mode)."""
     from nas.models import build_model
+    from nas.rundir import read_json
 
     p = Path(path)
     for name in ("arch.json", "weights.pt", "meta.json"):
         if not (p / name).is_file():
             raise ConfigError("export dir", str(p), f"an exported TargetNet directory (missing {name})")
     arch = Arch.load(p / "arch.json")
-    meta = json.loads((p / "meta.json").read_text())
-    model = build_model(arch, meta.get("op_options"))
-    model.load_state_dict(torch.load(p / "weights.pt", map_location="cpu", weights_only=True))
+    meta = read_json(p / "meta.json", _REBUILD)
+    model = build_model(arch, meta.get("op_options") if isinstance(meta, dict) else None)
+    try:
+        model.load_state_dict(read_torch(p / "weights.pt"))
+    except ConfigError as e:
+        raise ConfigError(e.field, e.value, _REBUILD) from None
+    except (RuntimeError, TypeError, AttributeError) as e:  # loads, but is not these weights
+        raise ConfigError(str(p / "weights.pt"), f"<not the weights of arch.json: {str(e).splitlines()[0][:120]}>", _REBUILD) from None
     return model.eval()
+
+
+_REBUILD = "an exported TargetNet file; rebuild target/ from the run's checkpoint with shiftaddaug-export RUN_DIR --format json"

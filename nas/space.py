@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas.arch import ACTS, Arch, conv_out_size, make_divisible
+from nas.arch import (ACTS, MAX_BLOCKS, MAX_CHANNELS, MAX_CLASSES, MAX_EXPAND, MAX_NAME, MAX_RESOLUTION, MAX_STAGES, Arch,
+                      conv_out_size, make_divisible, read_bounded)
 from nas.errors import ConfigError, check_keys
 
 SCHEMA_VERSION = 1
+MAX_CHOICES = 64  # entries of one choice list (depths, kernels, expand ratios, widths, multipliers)
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,13 @@ class SearchSpace:
             else:
                 names = sorted(q.stem for q in SEARCH_SPACES.glob("*.yaml"))
                 raise ConfigError("space", str(path), f"expected a YAML file or one of: {', '.join(names)}")
+        text = read_bounded(p)
         try:
-            d = yaml.safe_load(p.read_text())
+            d = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(p.name, "<invalid YAML>", f"a search space mapping ({str(e).splitlines()[0]})") from None
+        except RecursionError:
+            raise ConfigError(p.name, "<YAML nested too deeply>", "a search space mapping a few levels deep") from None
         return SearchSpace.from_dict(d, where=p.name)
 
     @staticmethod
@@ -308,19 +313,20 @@ def _match(e: float, choices: tuple[float, ...], field: str = "expand_ratio") ->
 # parsing
 
 
-def _list(d: dict, key: str, where: str, kind: type, allowed: tuple | None = None, lo: float = 1) -> tuple:
+def _list(d: dict, key: str, where: str, kind: type, allowed: tuple | None = None, lo: float = 1, hi: float = 1e6) -> tuple:
     v = d.get(key)
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         v = [v]
-    if not isinstance(v, list) or not v:
-        raise ConfigError(f"{where}.{key}", v, f"expected a non-empty list of {kind.__name__}s")
+    if not isinstance(v, list) or not 1 <= len(v) <= MAX_CHOICES:
+        raise ConfigError(f"{where}.{key}", v, f"expected a non-empty list of at most {MAX_CHOICES} {kind.__name__}s")
     out = []
     for x in v:
-        ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= lo
+        # lo <= x <= hi before any float(): a huge integer would overflow it (NaN fails the comparison)
+        ok = isinstance(x, (int, float)) and not isinstance(x, bool) and lo <= x <= hi
         if kind is int:
             ok = ok and float(x).is_integer()
         if not ok or (allowed is not None and x not in allowed):
-            allowed_txt = f"allowed: {', '.join(map(str, allowed))}" if allowed else f"each a {kind.__name__} >= {lo}"
+            allowed_txt = f"allowed: {', '.join(map(str, allowed))}" if allowed else f"each a {kind.__name__} in [{lo:g}, {hi:g}]"
             raise ConfigError(f"{where}.{key}", x, allowed_txt)
         out.append(kind(x))
     if len(set(out)) != len(out):
@@ -328,20 +334,31 @@ def _list(d: dict, key: str, where: str, kind: type, allowed: tuple | None = Non
     return tuple(sorted(out))
 
 
-def _scaled(channels: tuple[int, ...], mults: tuple[float, ...] | None) -> tuple[int, ...]:
+def _scaled(channels: tuple[int, ...], mults: tuple[float, ...] | None, where: str = "out_channels") -> tuple[int, ...]:
     if not mults:
         return channels
-    return tuple(sorted({make_divisible(c * m, 8) for c in channels for m in mults}))
+    out = tuple(sorted({make_divisible(c * m, 8) for c in channels for m in mults}))
+    if out[-1] > MAX_CHANNELS:
+        raise ConfigError(where, out[-1], f"width_mult gives more than {MAX_CHANNELS} channels")
+    return out
 
 
 def _space_from_dict(d: Any, where: str) -> SearchSpace:
     check_keys(d, where, {"schema_version", "name", "resolution", "num_classes", "in_channels", "stem", "stages", "feature_mix", "aug_multiples", "width_mult"}, {"resolution", "stem", "stages"})
     if d.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise ConfigError(f"{where}.schema_version", d.get("schema_version"), f"this version reads {SCHEMA_VERSION}")
-    mults = _list(d, "width_mult", where, float, lo=0.01) if "width_mult" in d else None
+    mults = _list(d, "width_mult", where, float, lo=0.01, hi=16) if "width_mult" in d else None
     res = d["resolution"]
-    if isinstance(res, bool) or not isinstance(res, int) or res < 8:
-        raise ConfigError(f"{where}.resolution", res, "expected an integer >= 8")
+    if isinstance(res, bool) or not isinstance(res, int) or not 8 <= res <= MAX_RESOLUTION:
+        raise ConfigError(f"{where}.resolution", res, f"expected an integer in [8, {MAX_RESOLUTION}]")
+    name = d.get("name", "space")
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        name = str(name)  # YAML reads "name: 2024" as a number
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        raise ConfigError(f"{where}.name", name, f"expected a non-empty string of at most {MAX_NAME} characters")
+    in_ch = d.get("in_channels", 3)
+    if isinstance(in_ch, bool) or not isinstance(in_ch, int) or not 1 <= in_ch <= MAX_CHANNELS:
+        raise ConfigError(f"{where}.in_channels", in_ch, f"expected an integer in [1, {MAX_CHANNELS}]")
 
     def act(x: dict, w: str, default: str) -> str:
         a = x.get("act", default)
@@ -357,9 +374,10 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
     stride = st.get("stride", 2)
     if stride not in (1, 2):
         raise ConfigError(f"{sw}.stride", stride, "allowed: 1, 2")
-    stem = HeadChoices(_scaled(_list(st, "out_channels", sw, int), mults), ks, stride, act(st, sw, "relu6"))
-    if not isinstance(d["stages"], list) or not d["stages"]:
-        raise ConfigError(f"{where}.stages", d["stages"], "expected a non-empty list of stages")
+    stem = HeadChoices(_scaled(_list(st, "out_channels", sw, int, hi=MAX_CHANNELS), mults, f"{sw}.out_channels"), ks, stride,
+                       act(st, sw, "relu6"))
+    if not isinstance(d["stages"], list) or not 1 <= len(d["stages"]) <= MAX_STAGES:
+        raise ConfigError(f"{where}.stages", d["stages"], f"expected a non-empty list of at most {MAX_STAGES} stages")
     stages = []
     for i, s in enumerate(d["stages"]):
         w = f"{where}.stages[{i}]"
@@ -372,10 +390,10 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
             raise ConfigError(f"{w}.se", se, "expected true or false")
         stages.append(
             StageChoices(
-                depth=_list(s, "depth", w, int),
+                depth=_list(s, "depth", w, int, hi=MAX_BLOCKS),
                 kernel_size=_list(s, "kernel_size", w, int, allowed=(3, 5, 7)),
-                expand_ratio=_list(s, "expand_ratio", w, float, lo=1),
-                out_channels=_scaled(_list(s, "out_channels", w, int), mults),
+                expand_ratio=_list(s, "expand_ratio", w, float, lo=1, hi=MAX_EXPAND),
+                out_channels=_scaled(_list(s, "out_channels", w, int, hi=MAX_CHANNELS), mults, f"{w}.out_channels"),
                 stride=stride,
                 act=act(s, w, "relu6"),
                 se=se,
@@ -385,21 +403,29 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
     if d.get("feature_mix") is not None:
         fw = f"{where}.feature_mix"
         f = check_keys(d["feature_mix"], fw, {"out_channels", "act"}, {"out_channels"})
-        fm = HeadChoices(_scaled(_list(f, "out_channels", fw, int), mults), 1, 1, act(f, fw, "relu6"))
-    aug = _list(d, "aug_multiples", where, float, lo=1) if "aug_multiples" in d else (2.2, 2.4, 2.8, 3.2)
+        fm = HeadChoices(_scaled(_list(f, "out_channels", fw, int, hi=MAX_CHANNELS), mults, f"{fw}.out_channels"), 1, 1,
+                         act(f, fw, "relu6"))
+    aug = _list(d, "aug_multiples", where, float, lo=1, hi=100) if "aug_multiples" in d else (2.2, 2.4, 2.8, 3.2)
     ncls = d.get("num_classes", 10)
-    if isinstance(ncls, bool) or not isinstance(ncls, int) or ncls < 1:
-        raise ConfigError(f"{where}.num_classes", ncls, "expected an integer >= 1")
+    if isinstance(ncls, bool) or not isinstance(ncls, int) or not 1 <= ncls <= MAX_CLASSES:
+        raise ConfigError(f"{where}.num_classes", ncls, f"expected an integer in [1, {MAX_CLASSES}]")
     space = SearchSpace(
-        name=str(d.get("name", "space")),
+        name=name,
         resolution=res,
         stem=stem,
         stages=tuple(stages),
         feature_mix=fm,
         aug_multiples=aug,
         num_classes=ncls,
-        in_channels=int(d.get("in_channels", 3)),
+        in_channels=in_ch,
     )
+    c = max(stem.out_channels)  # the widest block input: the largest mid width must stay in bounds
+    for i, s in enumerate(space.stages):
+        for c_in in (c, max(s.out_channels)):
+            if mid_channels(c_in, max(s.expand_ratio)) > MAX_CHANNELS:
+                raise ConfigError(f"{where}.stages[{i}].expand_ratio", max(s.expand_ratio),
+                                  f"with {c_in} input channels the mid width exceeds {MAX_CHANNELS} channels")
+        c = max(s.out_channels)
     # the largest stride pattern must fit the resolution (Arch validation names the stage)
     size = conv_out_size(res, stem.kernel_size, stem.stride)
     for i, s in enumerate(space.stages):

@@ -107,7 +107,7 @@ def test_ps_matches_reference_and_gradients(rounding):
     sign = torch.empty(500).uniform_(-1.5, 1.5, generator=gen).requires_grad_()
     g = torch.randn(500, generator=gen)
     w = shift_weight_ps(shift, sign, rounding=rounding, generator=torch.Generator().manual_seed(3))
-    u = torch.rand(500, generator=torch.Generator().manual_seed(3)) if rounding == "stochastic" else None
+    u = torch.rand(2, 500, generator=torch.Generator().manual_seed(3)) if rounding == "stochastic" else None
     assert torch.equal(w, R.shift_weight_ps_reference(shift, sign, rounding=rounding, u=u))
     assert set(torch.unique(torch.sign(w)).tolist()) == {-1.0, 0.0, 1.0}  # ternary sign
     lo, hi = shift_range(5, "PS")

@@ -47,9 +47,11 @@ _CHUNK = 16  # output channels per step of the integer loops (bounds the int64 t
 
 
 def fixed_point_int(x: torch.Tensor, integer_bits: int, fraction_bits: int) -> torch.Tensor:
-    """``x`` as two's complement fixed point integers (int64), identical to ``nas.ops.shift.fixed_point``."""
+    """``x`` as two's complement fixed point integers (int64), identical to ``nas.ops.shift.fixed_point``
+    except at the top of formats wider than float32's 24 bits: computed in float64, where every code
+    up to 2**31 - 1 is exact, a saturated value is the format's largest code (float32 cannot hold it)."""
     _check_act_bits(integer_bits, fraction_bits)
-    return _fixed_point_grid(x.detach(), integer_bits, fraction_bits).long()
+    return _fixed_point_grid(x.detach().double(), integer_bits, fraction_bits).long()
 
 
 def accumulator_bits(integer_bits: int, fraction_bits: int, shift_bounds: tuple[int, int], terms: int) -> int:

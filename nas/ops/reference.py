@@ -140,14 +140,18 @@ def shift_weight_q_reference(weight, weight_bits=5, rounding="deterministic", u=
 
 
 def shift_weight_ps_reference(shift, sign, weight_bits=5, rounding="deterministic", u=None, max_shift=0):
-    """DeepShift-PS: sign(round(S)) * 2**round(clamp(P)) (or stochastic rounding of P with ``u``)."""
+    """DeepShift-PS: sign(round(S)) * 2**round(clamp(P)); stochastic: P and S both rounded
+    floor + Bernoulli(frac) with uniforms ``u[0]`` and ``u[1]`` (DeepShift's ``ste.round(x, rounding)``).
+    A NaN sign parameter gives NaN (DeepShift would give 0)."""
     lo, hi = max_shift - (2 ** (weight_bits - 1) - 2), max_shift
     p = shift.detach().double().clamp(lo, hi)
+    s = sign.detach().double()
     if rounding == "deterministic":
-        p = torch.round(p)
+        p, s = torch.round(p), torch.round(s)
     else:
-        p = torch.floor(p) + (u.double() < p - torch.floor(p)).double()
-    s = torch.sign(torch.round(sign.detach().double()))
+        p = torch.floor(p) + (u[0].double() < p - torch.floor(p)).double()
+        s = torch.floor(s) + (u[1].double() < s - torch.floor(s)).double()
+    s = torch.where(torch.isnan(s), s, torch.sign(s))
     return (s * 2.0 ** p.clamp(lo, hi)).to(shift.dtype)
 
 

@@ -13,7 +13,16 @@ weights (full convolution speed); ``nas.ops.deploy`` runs the same layer with in
 ``shift_type="PS"`` (DeepShift-PS): shift ``P`` and sign ``S`` parameters;
   ``W = sign(round(S)) * 2**round(clamp(P, lo, hi))`` with a ternary sign, so one code fewer:
   range ``[hi - (2**(b-1) - 2), hi]`` (``[-14, 0]`` for b = 5). Backward as DeepShift:
-  ``dL/dS = dL/dW`` and ``dL/dP = dL/dW * W * ln 2``.
+  ``dL/dS = dL/dW`` and ``dL/dP = dL/dW * W * ln 2``. With ``rounding="stochastic"`` both ``P``
+  and ``S`` are rounded stochastically (``floor + Bernoulli(frac)``, independent draws), as in
+  DeepShift's ``Conv2dShift``/``LinearShift``: ``E[round(S)] = S``, so a sign parameter near 0.3
+  gives +1 three times in ten and 0 otherwise, an unbiased ternary sign.
+
+A NaN weight stays NaN (``sign(nan)`` is 0 in PyTorch, which would quantise a diverged weight to 0
+and make the layer look healthy; DeepShift-Q keeps the NaN through ``2**round(log2|w|)``). For PS
+the same holds for a NaN sign parameter, where DeepShift itself would give 0. An infinite Q weight
+is clamped like any large one (clampabs). ``shift_and_sign`` refuses non-finite weights: an
+integer encoding cannot carry them.
 ``max_shift`` (``hi``, default 0, as DeepShift) moves the range up for weights above 1
 (DeepShift issue #17).
 
@@ -34,7 +43,11 @@ i.e. two's complement with I integer bits (sign included) and F fraction bits, t
 DeepShift's ``round_to_fixed`` (whose upper bound ``2**(I-1) - 1`` we replace by the largest
 representable value). Straight-through backward. The bias is put in the same format, as in
 DeepShift, so that an integer accumulator can add it. In float32 the emulation is exact for
-I + F <= 24.
+I + F <= 24. Above that, float32 cannot hold the largest code ``2**(I+F-1) - 1``: values that
+saturate at the top become the largest float32 inside the format instead (for 16/16 bits:
+32767.998046875, not 32768.0, which would lie one step outside it); every other value is exact
+(the floor of a float is a float). ``nas.ops.deploy.fixed_point_int`` computes in float64 and
+gives the exact integer code.
 
 Counting (``count_ops``): K = (in_channels / groups) * kh * kw terms per output (in_features for the
 linear); ``macs = shifts = K * out_numel``, ``adds = (K - 1) * out_numel`` (+ ``out_numel`` with a
@@ -43,6 +56,7 @@ bias), no multiplications: sign flips are free.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -127,10 +141,12 @@ def shift_range(weight_bits: int = 5, shift_type: str = "Q", max_shift: int = 0)
     return max_shift - levels, max_shift
 
 
-def _uniform(t: torch.Tensor, rounding: str, generator) -> torch.Tensor | None:
+def _uniform(t: torch.Tensor, rounding: str, generator, draws: int | None = None) -> torch.Tensor | None:
+    """Uniforms for stochastic rounding: t's shape, or [draws, *t.shape] (None when deterministic)."""
     if rounding == "deterministic":
         return None
-    return torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+    shape = t.shape if draws is None else (draws, *t.shape)
+    return torch.rand(shape, generator=generator, device=t.device, dtype=t.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,17 +170,27 @@ def _q_shift(weight: torch.Tensor, lo: int, hi: int, u: torch.Tensor | None) -> 
     return e.clamp_(lo, hi)
 
 
+def _round(t: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    """Round to nearest, or stochastically with uniforms ``u``: floor + Bernoulli(frac)."""
+    return torch.round(t) if u is None else torch.floor(t) + (u < t - torch.floor(t)).to(t.dtype)
+
+
+def _nan_sign(t: torch.Tensor) -> torch.Tensor:
+    """``sign(t)`` that keeps NaN (``torch.sign(nan)`` is 0, which would hide a diverged weight)."""
+    return torch.sign(t).masked_fill_(torch.isnan(t), float("nan"))
+
+
 def _ps_shift_sign(shift, sign, lo: int, hi: int, u: torch.Tensor | None):
-    p = shift.clamp(lo, hi)
-    p = torch.round(p) if u is None else torch.floor(p) + (u < p - torch.floor(p)).to(p.dtype)
-    return p.clamp_(lo, hi), torch.sign(torch.round(sign))
+    """Rounded shift and ternary sign of DeepShift-PS; ``u`` (stochastic): uniforms [2, *shape]."""
+    p = _round(shift.clamp(lo, hi), None if u is None else u[0])
+    return p.clamp_(lo, hi), _nan_sign(_round(sign, None if u is None else u[1]))
 
 
 class _PowerOfTwoQ(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, lo, hi, u):
         out = torch.exp2_(_q_shift(weight, lo, hi, u).to(weight.dtype))  # exact for integer exponents
-        return out.mul_(torch.sign(weight))  # sign(0) = 0: an exactly-zero weight stays zero
+        return out.mul_(_nan_sign(weight))  # sign(0) = 0: an exactly-zero weight stays zero; NaN stays NaN
 
     @staticmethod
     def backward(ctx, grad):
@@ -198,7 +224,20 @@ class _FixedPoint(torch.autograd.Function):
 def _fixed_point_grid(x: torch.Tensor, integer_bits: int, fraction_bits: int) -> torch.Tensor:
     """``x`` in units of 2**-F: integer-valued, in x's dtype (exactly representable, see module doc)."""
     top = 2 ** (integer_bits + fraction_bits - 1)
-    return torch.floor(x * 2.0**fraction_bits).clamp_(-top, top - 1)
+    return torch.floor(x * 2.0**fraction_bits).clamp_(-top, _largest_code(top - 1, x.dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _largest_code(code: int, dtype: torch.dtype) -> float:
+    """The largest value of ``dtype`` that is <= ``code`` (``code`` itself when representable).
+
+    ``float(2**31 - 1)`` rounds *up* to 2**31 in float32, a clamp bound one step outside the
+    signed format; stepping down to the next float keeps saturated values inside it.
+    """
+    t = torch.tensor(code, dtype=torch.float64).to(dtype)
+    if t.double().item() > code:
+        t = torch.nextafter(t, torch.zeros((), dtype=dtype))
+    return t.item()
 
 
 def shift_weight_q(
@@ -229,7 +268,8 @@ def shift_weight_ps(
     """DeepShift-PS weight ``sign(round(sign)) * 2**round(clamp(shift))`` with DeepShift's gradients."""
     lo, hi = shift_range(weight_bits, "PS", max_shift)
     _check_choice("rounding", rounding, ROUNDINGS)
-    return _PowerOfTwoPS.apply(shift, sign, lo, hi, _uniform(shift, rounding, _check_generator(generator)))
+    u = _uniform(shift, rounding, _check_generator(generator), draws=2)  # one draw for the shift, one for the sign
+    return _PowerOfTwoPS.apply(shift, sign, lo, hi, u)
 
 
 def fixed_point(x: torch.Tensor, integer_bits: int, fraction_bits: int) -> torch.Tensor:
@@ -242,6 +282,7 @@ def fixed_point(x: torch.Tensor, integer_bits: int, fraction_bits: int) -> torch
 def shift_and_sign_q(weight: torch.Tensor, weight_bits: int = 5, max_shift: int = 0):
     """Deterministic DeepShift-Q encoding of ``weight``: (shift int64, sign int64 in {-1, 0, 1})."""
     lo, hi = shift_range(weight_bits, "Q", max_shift)
+    _check_finite_weights(weight)
     return _q_shift(weight, lo, hi, None).long(), torch.sign(weight).long()
 
 
@@ -249,8 +290,15 @@ def shift_and_sign_q(weight: torch.Tensor, weight_bits: int = 5, max_shift: int 
 def shift_and_sign_ps(shift: torch.Tensor, sign: torch.Tensor, weight_bits: int = 5, max_shift: int = 0):
     """Deterministic DeepShift-PS encoding: (shift int64, sign int64 in {-1, 0, 1})."""
     lo, hi = shift_range(weight_bits, "PS", max_shift)
+    _check_finite_weights(shift, sign)
     p, s = _ps_shift_sign(shift, sign, lo, hi, None)
     return p.long(), s.long()
+
+
+def _check_finite_weights(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if torch.isnan(t).any():
+            raise ConfigError("weight", f"<{int(torch.isnan(t).sum())} NaN entries>", "weights without NaN (the layer diverged in training)")
 
 
 # ------------------------------------------------------------------------------------------------

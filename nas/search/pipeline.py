@@ -13,9 +13,12 @@
                        supernet's weights (``train/``) and export (``target/``)
     5. report          ``pareto.png``, ``report.md``, ``summary.json``
 
-``state.json`` records every finished step with its result; ``--resume DIR`` skips them, and the
-step that was running continues from its own checkpoint (supernet epoch, evolution generation,
-Optuna trial, training epoch).
+``state.json`` records every finished step with its result and the hash of the run's
+configuration; ``--resume DIR`` skips them, and the step that was running continues from its own
+checkpoint (supernet epoch, evolution generation, Optuna trial, training epoch). Before that,
+``nas.rundir.heal_search_dir`` repairs what a crash or a full disk can leave (a torn journal or CSV
+record, a checkpoint that no longer loads: its step is redone). Resuming a finished run changes
+no file.
 
 With ``ray_address`` (``--ray-address``) steps 1-4 run on a Ray cluster through
 ``nas.search.ray_adapter`` (the small branches marked "Ray" below; docs/ray.md), writing the same
@@ -33,8 +36,9 @@ from typing import Any
 
 from nas.arch import Arch
 from nas.cost.budget import Budget, parse_budget
-from nas.errors import ConfigError, InfeasibleBudgetError
-from nas.io import atomic_write_json, atomic_write_text
+from nas.errors import ConfigError, InfeasibleBudgetError, check_keys
+from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_checkpoint, note, set_aside
+from nas.rundir import check_config_hash, config_hash, heal_search_dir, is_writer, read_json, read_run_config
 from nas.space import SearchSpace, TargetSpace
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -111,21 +115,17 @@ class SearchRun:
         self.out = Path(out)
         self.progress = progress
         self.budget: Budget = parse_budget(self.cfg.budget)
-        self.state: dict[str, Any] = {"schema_version": STATE_VERSION, "done": {}}
+        self.state: dict[str, Any] = {"schema_version": STATE_VERSION, "config_hash": config_hash(self.cfg.to_dict()), "done": {}}
         self.ray_options = None  # with cfg.ray_address: a nas.search.ray_adapter.RayOptions (None: from the environment)
         state_path = self.out / "state.json"
         if state_path.is_file():
-            self.state = json.loads(state_path.read_text())
+            self.state = _read_state(state_path, self.cfg)
 
     @staticmethod
     def resume(run_dir: str | Path, progress: bool = True) -> "SearchRun":
-        p = Path(run_dir) / "config.json"
-        if not p.is_file():
-            raise ConfigError("--resume", str(run_dir), "a run directory written by shiftaddaug-search (config.json missing)")
-        d = json.loads(p.read_text())
-        if d.get("kind") != "search":
-            raise ConfigError("--resume", str(run_dir), "a shiftaddaug-search run directory")
-        return SearchRun(SearchConfig(**d["search"]), run_dir, progress)
+        d = read_run_config(run_dir, "search")
+        check_keys(d, f"{Path(run_dir) / 'config.json'}.search", {f.name for f in dataclasses.fields(SearchConfig)})
+        return SearchRun(SearchConfig(**d), run_dir, progress)
 
     def log(self, msg: str) -> None:
         if self.progress:
@@ -151,6 +151,9 @@ class SearchRun:
         self.space = base.with_task(num_classes=self.loaders.num_classes)
         self.calib = calibration_batches(self.loaders, n_images=min(c.bn_images, self.loaders.train.num_images), batch_size=100, seed=c.seed)
         self.val = _take(self.loaders.val, c.eval_images, c.seed)
+        self.table = energy_table(self.space, c.hardware, c.bits, ops=(c.op,), path=self.out / "lut.csv")
+        # price from the saved file in every run, fresh or resumed (lut.csv keeps 12 significant digits;
+        # the in-memory table of a fresh run has more, and a resumed run would price slightly differently)
         self.table = energy_table(self.space, c.hardware, c.bits, ops=(c.op,), path=self.out / "lut.csv")
         self.pricer = Pricer(self.budget, c.op, self.table)
 
@@ -193,14 +196,12 @@ class SearchRun:
                 from nas.search.ray_adapter import train_supernet
 
                 train_supernet(self)
-                sup.load_state_dict(torch.load(self.out / "supernet.pt", map_location="cpu", weights_only=True))
+                load_checkpoint(self.out / "supernet.pt", apply=sup.load_state_dict)
             else:
                 sup.fit(self.out / "supernet.pt", self.out / "supernet_log.json")
             self.mark("supernet", {"epochs": c.supernet_epochs, "time_s": round(time.time() - t0, 1)})
         else:
-            import torch
-
-            sup.load_state_dict(torch.load(self.out / "supernet.pt", map_location="cpu", weights_only=True))
+            load_checkpoint(self.out / "supernet.pt", apply=sup.load_state_dict)
         return sup.net
 
     def run_stage_one(self, evaluator) -> tuple[Arch, dict]:
@@ -248,8 +249,11 @@ class SearchRun:
 
             best, study = run_stage_two_ray(self, subnet, accuracy)
         else:
-            best, study = run_stage_two(self.space, subnet, accuracy, self.pricer.cost, self.budget.value, c.trials,
-                                        self.out / "stage2.journal", seed=c.seed, progress=self.progress)
+            try:
+                best, study = run_stage_two(self.space, subnet, accuracy, self.pricer.cost, self.budget.value, c.trials,
+                                            self.out / "stage2.journal", seed=c.seed, progress=self.progress)
+            except OSError as e:  # Optuna's journal writes name no file: name it for the one-line message
+                raise e if e.filename else OSError(e.errno, e.strerror, str(self.out / "stage2.journal")) from e
         write_csv(self.out / "trials.csv", trials_rows(study))
         r = {"target": best.arch.to_dict(), "blocks": best.blocks, "accuracy": best.accuracy, "cost": best.cost,
              "trial": best.trial, "time_s": round(time.time() - t0, 1)}
@@ -263,13 +267,17 @@ class SearchRun:
             return self.state["done"]["train"]
         c = self.cfg
         train_dir = self.out / "train"
-        tc = None
-        if not (train_dir / "config.json").is_file():
-            tc = TrainConfig(model=None, op=c.op, aug=c.aug, remap=c.remap, eta=c.eta, dataset=c.dataset, data_root=c.data_root,
-                             resolution=self.space.resolution, batch_size=c.batch_size, epochs=c.final_epochs, lr=c.lr,
-                             seed=c.seed, max_train_images=c.max_train_images, bn_images=c.bn_images,
-                             subnet=subnet.to_dict(), target_arch=target["target"], target_blocks=target["blocks"],
-                             inherit=str(self.out / "supernet.pt"))
+        tc = TrainConfig(model=None, op=c.op, aug=c.aug, remap=c.remap, eta=c.eta, dataset=c.dataset, data_root=c.data_root,
+                         resolution=self.space.resolution, batch_size=c.batch_size, epochs=c.final_epochs, lr=c.lr,
+                         seed=c.seed, max_train_images=c.max_train_images, bn_images=c.bn_images,
+                         subnet=subnet.to_dict(), target_arch=target["target"], target_blocks=target["blocks"],
+                         inherit=str(self.out / "supernet.pt"))
+        if (train_dir / "config.json").is_file():  # resume it, if it trains this TargetNet
+            old, keys = read_run_config(train_dir, "train"), ("subnet", "target_arch", "target_blocks")
+            if config_hash({k: old.get(k) for k in keys}) == config_hash({k: getattr(tc, k) for k in keys}):
+                tc = None
+            else:  # stage two was redone and chose another TargetNet
+                note(f"note: {train_dir} trained another TargetNet; moved it to {set_aside(train_dir, 'old')}, training starts again")
         if c.ray_address:  # Ray Train: data-parallel workers; rank 0 writes train/ and target/
             from nas.search.ray_adapter import train_target
 
@@ -300,7 +308,12 @@ class SearchRun:
         from nas.search.evaluator import Evaluator
 
         t_start = time.time()
+        done = self.state["done"]
+        if "report" in done and (self.out / "summary.json").is_file():  # finished: a resume changes nothing
+            return read_json(self.out / "summary.json", "the run's summary is damaged: delete it and run --resume again")
         budget_info = self.check_budget()  # before any data is read
+        if is_writer() and "supernet" in heal_search_dir(self.out):  # no copy of supernet.pt loads: train it again
+            done.pop("supernet", None)  # (a lost train/checkpoint.pt restarts training by itself)
         self.setup()
         if self.space.num_classes != budget_info["num_classes"]:  # e.g. a folder dataset: its own class count
             budget_info = self.check_budget(self.space.num_classes)
@@ -315,6 +328,7 @@ class SearchRun:
         tr = self.run_training(subnet, s2)
         self.plot_pareto(s2, binds=budget_info["binds"])
         summary = self.summarize(budget_info, s1, s2, tr, time.time() - t_start)
+        self.mark("report", {"summary": "summary.json"})
         return summary
 
     # ------------------------------------------------------------------------------ outputs
@@ -349,10 +363,8 @@ class SearchRun:
         ax.set_title(f"stage two: {self.cfg.op} TargetNets cut from the SubNet")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        tmp = self.out / ".pareto.tmp.png"
-        fig.savefig(tmp, dpi=110)
+        atomic_savefig(fig, self.out / "pareto.png", dpi=110)
         plt.close(fig)
-        tmp.replace(self.out / "pareto.png")
 
     def summarize(self, budget_info: dict, s1: dict, s2: dict, tr: dict, seconds: float) -> dict:
         cost = json.loads((self.out / "target" / "cost.json").read_text())
@@ -477,6 +489,20 @@ def preview_text(info: dict) -> str:
     else:
         lines.append(f"the budget does not bind: every network of the space costs less; {binds_in_text(info)}")
     return "\n".join(lines)
+
+
+def _read_state(path: Path, cfg: SearchConfig) -> dict:
+    """``state.json``: damaged, foreign or another configuration's -> one ConfigError."""
+    st = read_json(path, "the run's record of finished steps is damaged: delete it and run --resume again "
+                         "(every step continues from its own checkpoint)")
+    check_keys(st, str(path), {"schema_version", "config_hash", "done"}, {"done"})
+    if st.get("schema_version") != STATE_VERSION:
+        raise ConfigError(f"{path}.schema_version", st.get("schema_version"), f"this version reads {STATE_VERSION}")
+    if not isinstance(st["done"], dict):
+        raise ConfigError(f"{path}.done", st["done"], "a mapping of finished steps")
+    check_config_hash(st.get("config_hash"), cfg.to_dict(), str(path))
+    st.setdefault("config_hash", config_hash(cfg.to_dict()))
+    return st
 
 
 def _take(batches, n_images: int, seed: int = 0, batch_size: int = 250) -> list:

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from nas.errors import ConfigError
-from nas.io import atomic_torch_save, atomic_write_json
+from nas.finite import check_losses, check_weights
+from nas.io import atomic_write_json, load_checkpoint, save_checkpoint
 from nas.space import SearchSpace, TargetSpace
 from nas.supernet.net import DynamicNet
 from nas.train.trainer import _py_state, _py_unstate, cosine_lr, param_groups
@@ -95,6 +96,8 @@ class SupernetTrainer:
         loss_t.backward()
         net.set_active_subnet(*self.smallest)
         distill_loss(net(x), soft).backward()
+        check_losses(net, {"loss_largest": F.cross_entropy(logits.detach(), y).item(), "loss_target": loss_t.item()}, x,
+                     f"supernet epoch {self.epoch + 1}, step {self.global_step + 1}")
         if self.grad_sync is not None:  # distributed: average gradients across ranks
             self.grad_sync(net)
         self.optimizer.step()
@@ -129,7 +132,7 @@ class SupernetTrainer:
         from tqdm import tqdm
 
         if checkpoint.is_file():
-            self.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+            load_checkpoint(checkpoint, apply=self.load_state_dict)  # falls back to the previous checkpoint
         rows = []
         if log is not None and log.is_file():
             import json
@@ -150,7 +153,8 @@ class SupernetTrainer:
             bar.close()
             self.epoch = epoch + 1
             if self.is_writer:
-                atomic_torch_save(self.state_dict(), checkpoint)
+                check_weights(self.net, f"supernet epoch {self.epoch}")  # never checkpoint a diverged network
+                save_checkpoint(self.state_dict(), checkpoint)  # keeps the previous one too
             rows.append({"epoch": self.epoch, "time_s": round(time.time() - t0, 1), **{k: round(v / self.steps_per_epoch, 4) for k, v in sums.items()}})
             if log is not None and self.is_writer:
                 atomic_write_json(log, {"epochs": rows})

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import random
 import time
@@ -37,7 +36,9 @@ import torch.nn.functional as F
 
 from nas.arch import Arch
 from nas.errors import ConfigError
-from nas.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from nas.finite import check_losses, check_weights
+from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, save_checkpoint
+from nas.rundir import check_config_hash, config_hash, heal_csv, read_run_config
 from nas.supernet.net import DynamicNet, sort_channels
 from nas.train.augment import Augmenter, AugSpec, MutationSchedule, subnet_for
 from nas.train.bn import reset_bn
@@ -271,6 +272,7 @@ class Trainer:
     def load_state_dict(self, sd: dict) -> None:
         if sd.get("version") != CHECKPOINT_VERSION:
             raise ConfigError("checkpoint.version", sd.get("version"), f"this version reads {CHECKPOINT_VERSION}")
+        check_config_hash(config_hash(sd["config"]) if "config" in sd else None, self.cfg.to_dict(), "checkpoint")
         self.net.load_state_dict(sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.global_step = sd["schedule"]["global_step"]
@@ -281,7 +283,8 @@ class Trainer:
         self.loaders.train.load_state_dict(sd["rng"]["loader"])
 
     def save_checkpoint(self) -> None:
-        atomic_torch_save(self.state_dict(), self.out / "checkpoint.pt")
+        check_weights(self.net, f"epoch {self.epoch}")  # never checkpoint a diverged network
+        save_checkpoint(self.state_dict(), self.out / "checkpoint.pt")  # keeps the previous one too
 
     # ------------------------------------------------------------------------------ one step
     def target_now(self) -> Arch:
@@ -318,6 +321,7 @@ class Trainer:
             loss_a = self._loss(net(x), y)
             loss_a.backward()
             out["loss_aug"] = loss_a.item()
+        check_losses(net, out, x, f"epoch {self.epoch + 1}, step {self.global_step + 1}")
         if self.grad_sync is not None:  # distributed: average gradients across ranks
             self.grad_sync(net)
         self.optimizer.step()
@@ -414,22 +418,21 @@ class Trainer:
 
 
 def load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError("resume", str(path.parent), "a run directory with checkpoint.pt") from None
+    """The newest copy of a checkpoint that loads (``nas.io.load_checkpoint``)."""
+    from nas import io as nio
+
+    return nio.load_checkpoint(path)[0]
 
 
 def resume_trainer(run_dir: str | Path, progress: bool = True, export_dir: str | Path | None = None) -> Trainer:
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise ConfigError("--resume", str(run_dir), "a run directory written by shiftaddaug-train (config.json missing)")
-    cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text())["train"])
+    cfg = TrainConfig.from_dict(read_run_config(run_dir, "train"))
     trainer = Trainer(cfg, run_dir, progress=progress, export_dir=export_dir)
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.is_file():
-        trainer.load_state_dict(load_checkpoint(ckpt))
+        from nas import io as nio
+
+        nio.load_checkpoint(ckpt, apply=trainer.load_state_dict)  # falls back to the previous checkpoint
     return trainer
 
 
@@ -443,12 +446,14 @@ def _py_unstate(d: dict) -> tuple:
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Drop rows after the checkpoint's epoch (a run killed after writing metrics, before saving)."""
+    """Drop rows after the checkpoint's epoch (a run killed after writing metrics, before saving),
+    after cutting a torn last row (``heal_csv``)."""
+    heal_csv(path)
     if not path.is_file():
         return
     with path.open() as f:
         rows = list(csv.DictReader(f))
-    keep = [r for r in rows if int(r["epoch"]) <= epoch]
+    keep = [r for r in rows if (r.get("epoch") or "").isdigit() and int(r["epoch"]) <= epoch]
     if len(keep) != len(rows) and keep:
         _write_rows(path, keep)
     elif not keep:
@@ -481,6 +486,8 @@ def _plot_curves(metrics: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    if not metrics.is_file():  # nothing to plot (a history moved aside by heal_csv)
+        return
     df = pd.read_csv(metrics)
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(df["epoch"], df["train_loss"], label="target")
@@ -490,7 +497,5 @@ def _plot_curves(metrics: Path, png: Path) -> None:
     ax[1].plot(df["epoch"], df["val_acc"], marker="o")
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel("val accuracy (%)")
     fig.tight_layout()
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_savefig(fig, png, dpi=110)
     plt.close(fig)
-    tmp.replace(png)

@@ -3,9 +3,13 @@
 ``adder_kernels.cpp`` is plain C++ (no torch headers, no ninja): it is compiled on first use with
 the system compiler (``$CXX``, else ``c++``/``g++``/``clang++``) into a shared library that is called
 through ``ctypes`` on tensor data pointers. Building takes about 3 s once per machine; the result is
-cached per user in ``$SHIFTADDAUG_EXT_DIR`` (default ``~/.cache/shiftaddaug``, or a per-user temp
-folder when that is not writable) under a name that hashes the source, the flags and the CPU's
-feature flags, because ``-march=native`` ties the binary to the CPU it was built on. A file lock
+cached per user in ``$SHIFTADDAUG_EXT_DIR`` (default ``~/.cache/shiftaddaug``) under a name that
+hashes the source, the flags and the CPU's feature flags, because ``-march=native`` ties the binary
+to the CPU it was built on. Loading a library runs its code, so the cache is private: a folder is
+used only when it is owned by the current user and not writable by group or others, and a cached
+library only when it passes the same check (``os.stat`` before loading). When no such folder can
+be had, the library is built in a fresh per-process folder from ``tempfile.mkdtemp`` (mode 0700,
+removed at exit), never in a predictable shared one. A file lock
 serialises concurrent builds (pytest-xdist, several ranks); the library is written to a temporary
 name and renamed into place, so a reader never sees a half-written file.
 
@@ -71,21 +75,46 @@ def info() -> dict:
 
 
 def _cache_dir() -> Path:
-    candidates = []
-    if os.environ.get(ENV_DIR):
-        candidates.append(Path(os.environ[ENV_DIR]))
+    """The first private, writable cache folder (``private``), else a fresh per-process one."""
     xdg = os.environ.get("XDG_CACHE_HOME")
-    candidates.append(Path(xdg) / "shiftaddaug" if xdg else Path.home() / ".cache" / "shiftaddaug")
-    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
-    candidates.append(Path(tempfile.gettempdir()) / f"shiftaddaug-{uid}")
-    for path in candidates:
+    default = Path(xdg) / "shiftaddaug" if xdg else Path.home() / ".cache" / "shiftaddaug"
+    candidates = [Path(os.environ[ENV_DIR])] if os.environ.get(ENV_DIR) else []
+    for path in candidates + [default]:
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            if os.access(path, os.W_OK):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = os.stat(path)
+            if path == default and hasattr(os, "getuid") and st.st_uid == os.getuid() and st.st_mode & 0o022:
+                os.chmod(path, st.st_mode & ~0o022)  # our own cache, made under a lax umask: tighten it
+            if private(path) and os.access(path, os.W_OK):
                 return path
         except OSError:
             continue
-    raise OSError("no writable cache directory for the C++ kernels")
+        if path != default:
+            warnings.warn(f"nas.ops: {ENV_DIR}={path} is not private (owned by this user, not writable by group or "
+                          "others); not loading compiled kernels from it", RuntimeWarning, stacklevel=4)
+    return _process_dir()
+
+
+def private(path: Path) -> bool:
+    """Owned by the current user and not writable by group or others (then nobody else can plant a
+    library there); on systems without uids (Windows) only existence is checked."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not hasattr(os, "getuid"):
+        return True
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _process_dir() -> Path:
+    """A fresh folder only this process knows (mkdtemp: mode 0700, random name), removed at exit."""
+    if _state.get("tmpdir") is None:
+        import atexit
+
+        _state["tmpdir"] = Path(tempfile.mkdtemp(prefix="shiftaddaug-ext-"))
+        atexit.register(shutil.rmtree, _state["tmpdir"], True)
+    return _state["tmpdir"]
 
 
 def _cpu_signature() -> str:
@@ -142,12 +171,17 @@ def _build_and_load():
                 tmp = cache / f".adder_kernels_{key}.{os.getpid()}.so"
                 try:
                     _compile(cxx, tmp)
+                    os.chmod(tmp, 0o755)  # whatever the umask: a group-writable library would be refused
                     os.replace(tmp, lib_path)
                 finally:
                     tmp.unlink(missing_ok=True)
                 _state["build_seconds"] = time.perf_counter() - t0
         finally:
             lock_file.close()
+    if not private(lib_path) or lib_path.is_symlink():  # planted or tampered with: build our own
+        lib_path = _process_dir() / lib_path.name
+        if not lib_path.exists():
+            _compile(cxx, lib_path)
     lib = ctypes.CDLL(str(lib_path))
     if lib.saa_abi_version() != ABI_VERSION:
         raise RuntimeError(f"stale kernel library {lib_path}")
