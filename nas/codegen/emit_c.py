@@ -68,11 +68,10 @@ class LayerOps:
     outputs: int = 0
     loop: dict = field(default_factory=lambda: dict.fromkeys(_OPS, 0))
     requant: dict = field(default_factory=lambda: dict.fromkeys(_OPS, 0))
-    mult_sites: int = 0  # L_MUL / Q_MUL uses in the function's text
 
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "op": self.op, "terms": self.terms, "pad_skipped": self.pad_skipped,
-                "outputs": self.outputs, "loop": dict(self.loop), "requant": dict(self.requant), "mult_sites": self.mult_sites}
+                "outputs": self.outputs, "loop": dict(self.loop), "requant": dict(self.requant)}
 
 
 @dataclass
@@ -517,11 +516,10 @@ def generate_c(net: IntNet, requant: str = "csd", arch_id: str = "") -> CProgram
     for i, n in enumerate(net.nodes):
         fn = _cname(i)
         em.layer = n.name
-        lo = LayerOps(n.name, n.kind, getattr(n, "op", "mult" if n.kind in ("pool", "residual", "se") else "none"))
+        lo = LayerOps(n.name, n.kind, n.op if isinstance(n, ConvNode) else "-")
         kind = type(n).__name__
         text = {"InputNode": em.input, "ConvNode": em.conv, "PoolNode": em.pool, "GateNode": em.gate,
                 "AddNode": em.add}[kind](n, fn, lo)
-        lo.mult_sites = text.count("L_MUL(") + text.count("Q_MUL(")
         functions.append(text)
         ops.append(lo)
         args = ["image"] if isinstance(n, InputNode) else [_arena(b, memory, const=True) for b in n.inputs]
@@ -587,13 +585,14 @@ def _arena(b, memory: MemoryPlan, const: bool) -> str:
     return f"({'const ' if const else ''}{b.fmt.ctype} *)(a + {memory.offsets[b.name]})"
 
 
-def count_static_mults(program: CProgram) -> dict[str, int]:
-    """Multiplication sites per layer function, read back from the generated model.c text."""
+def count_static_mults(program: CProgram) -> dict[str, dict[str, int]]:
+    """Multiplication sites per layer function, read back from the generated model.c text:
+    ``{"loop": L_MUL uses, "requant": Q_MUL uses, "raw": '*' characters}`` (raw is 0 by construction)."""
     out = {}
     text = program.files["model.c"]
     for i, lo in enumerate(program.ops):
         start = text.index(f"static void {_cname(i)}(")
         end = text.index("\n}\n", start)
         body = text[text.index("{", start) : end]
-        out[lo.name] = body.count("L_MUL(") + body.count("Q_MUL(")
+        out[lo.name] = {"loop": body.count("L_MUL("), "requant": body.count("Q_MUL("), "raw": body.count("*")}
     return out

@@ -342,12 +342,16 @@ class _Tracer:
         return out
 
 
-def trace(model: nn.Module, raw_shape: tuple[int, int, int], float_lut: torch.Tensor, src: list[int]) -> list[Node]:
-    """The layers of a ``nas.models.Network`` in execution order, named like ``nas.cost.counting``."""
+def _check_network(model: nn.Module) -> None:
     from nas.models.static import Network
 
     if not isinstance(model, Network):
         raise ConfigError("model", type(model).__name__, "a static nas.models.Network (shiftaddaug-export loads one)")
+
+
+def trace(model: nn.Module, raw_shape: tuple[int, int, int], float_lut: torch.Tensor, src: list[int]) -> list[Node]:
+    """The layers of a ``nas.models.Network`` in execution order, named like ``nas.cost.counting``."""
+    _check_network(model)
     t = _Tracer()
     cin = model.stem.conv.in_channels
     x = Buf("input", (cin, raw_shape[1], raw_shape[2]), False)
@@ -689,6 +693,7 @@ def build_intnet(
         raise ConfigError("mult_bits", mult_bits, "an integer in [1, 16]")
     if calib_images.dtype != torch.uint8 or calib_images.dim() != 4 or len(calib_images) == 0:
         raise ConfigError("calibration images", tuple(calib_images.shape), "a non-empty uint8 batch (N, C, H, W)")
+    _check_network(model)
     model = model.eval()
     raw_shape = tuple(calib_images.shape[1:])
     lut, src = input_tables(transform, raw_shape[0], model.stem.conv.in_channels)
