@@ -139,6 +139,22 @@ def test_c_equals_integer_reference_bit_for_bit(lowered, tmp_path):
 
 
 @needs_cc
+@pytest.mark.parametrize("op", ["shift", "add"])
+def test_c_bit_exact_with_16_bit_activations_and_power_of_two_bn(op, tmp_path):
+    """16-bit activations (int64 accumulators in shift layers) and 1-bit BN multipliers."""
+    net = build_intnet(tiny_model(tiny_arch(op)), T1, images(16, 1), act_bits="16", mult_bits=1)
+    convs = [n for n in net.nodes if isinstance(n, ConvNode) and n.op == op]
+    if op == "shift":
+        assert any(n.acc_bits == 64 for n in convs)
+    assert all(abs(m) & (abs(m) - 1) == 0 for n in convs for m in n.requant.M)  # signed powers of two
+    x = images(24, 6)
+    prog = generate_c(net, "csd")
+    assert all(lo.requant["mul"] == 0 for lo, n in zip(prog.ops, net.nodes) if n in convs and n.act != "hswish")
+    _, logits, _ = run_program(_build(tmp_path, prog), x, tmp_path)
+    assert torch.equal(logits, run_int(net, x))
+
+
+@needs_cc
 def test_counted_operations(lowered, tmp_path):
     """The counting build executes exactly the generator's loop counts; those agree with
     nas.cost.counting; shift / add convs execute and contain no multiplication."""

@@ -470,8 +470,10 @@ def _requant_params(scale: list[float], offset: list[float] | None, acc_frac: li
         else:
             sc = scale[c] * 2.0 ** (out_frac - af)
             b_real = offset[c] * 2.0**out_frac
-            s = 0 if sc == 0 else max(0, min(62, mult_bits - 1 - _pow2_frac(sc)))
+            s = 0 if sc == 0 else min(62, mult_bits - 1 - _pow2_frac(sc))
             m = int(round(sc * 2.0**s))
+            if s < 0:  # a scale >= 2**mult_bits: keep mult_bits significant bits, shift left
+                m, s = m << -s, 0
             b = math.floor(b_real * 2.0**s + 0.5) + (1 << (s - 1) if s > 0 else 0)
         M.append(m)
         S.append(s)
