@@ -294,6 +294,7 @@ def check_c(ex: Export, test_images: int | None = None, random_images: int = RAN
         compile_program(ex.out_dir, work / "model-count", count=True, cc=cc)
         _, _, err = run_program(work / "model-count", images[:2] if len(images) >= 2 else rnd[:2], work)
         counted = parse_counts(err, [n.name for n in net.nodes], 2)
+    progress(f"reference  running the Python integer reference on {len(images) + random_images} images ...")
     t0 = time.perf_counter()
     logits_ref = torch.cat([run_int(net, b) for b in torch.cat([images, rnd]).split(128)])
     report["reference_seconds"] = round(time.perf_counter() - t0, 2)
