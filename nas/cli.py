@@ -552,8 +552,10 @@ def export_main(argv: Sequence[str] | None = None) -> int:
                    "the Python integer reference (bit for bit) and the float model, count the executed operations")
     c.add_argument("--check-images", type=int, metavar="N", help="test images for --check (default: the whole test split)")
     c.add_argument("--act-bits", choices=("auto", "8", "16"), default="auto",
-                   help="activation width: auto = 8-bit where the calibration SQNR reaches --sqnr-db, else 16 (default auto)")
-    c.add_argument("--sqnr-db", type=float, default=30.0, help="8-bit threshold of --act-bits auto (default 30)")
+                   help="activation width: auto = 8-bit except the fewest tensors (lowest 8-bit SQNR first) that must be "
+                   "16-bit for --agree (default auto)")
+    c.add_argument("--agree", type=float, default=99.5, metavar="PCT",
+                   help="auto: top-1 agreement with the float model, simulated on the calibration images (default 99.5)")
     c.add_argument("--mult-bits", type=int, default=8, help="significant bits of requantisation multipliers (default 8)")
     c.add_argument("--requant", choices=("csd", "mul"), default="csd",
                    help="apply requantisation multipliers as shift-adds (csd, multiplication-free) or multiplies; same results")
@@ -598,7 +600,9 @@ def _export_c(args: argparse.Namespace) -> int:
 
     if args.check_images is not None and args.check_images < 1:
         raise ConfigError("--check-images", args.check_images, "a positive integer")
-    ex = export_c(args.run_dir, act_bits=args.act_bits, sqnr_db=args.sqnr_db, mult_bits=args.mult_bits,
+    if not 0 <= args.agree <= 100:
+        raise ConfigError("--agree", args.agree, "a percentage in [0, 100]")
+    ex = export_c(args.run_dir, act_bits=args.act_bits, agree=args.agree, mult_bits=args.mult_bits,
                   requant=args.requant, calib_images=args.calib_images)
     files = ", ".join(sorted(p.name for p in ex.out_dir.iterdir() if p.is_file()))
     print(f"c     {ex.out_dir}  ({files}; flash {ex.program.flash_bytes:,} B, SRAM peak {ex.program.memory.peak_live_bytes:,} B)")

@@ -233,6 +233,18 @@ def test_fixed_widths(act_bits):
     assert {b.fmt.bits for b in net.bufs if b is not net.logits} == {int(act_bits)}
 
 
+def test_auto_widths_meet_the_agreement_target():
+    model = tiny_model(tiny_arch("add"))
+    acts = lambda net: [b for b in net.bufs if b is not net.logits]  # noqa: E731
+    net = build_intnet(model, T1, images(64, 1), agree=0.0)  # any agreement: everything 8-bit
+    assert all(b.fmt.bits == 8 for b in acts(net)) and net.calibration["sixteen_bit"] == 0
+    net = build_intnet(model, T1, images(64, 1), agree=100.0)
+    cal = net.calibration
+    k = sum(b.fmt.bits == 16 for b in acts(net))
+    assert k == cal["sixteen_bit"] and (cal["simulated_agreement"] == 100.0 or k == len(acts(net)))
+    assert [a for _, a in cal["tried"][:-1]] == [a for _, a in cal["tried"][:-1] if a < 100.0]  # stopped at the first hit
+
+
 def test_csd_digits():
     for m in list(range(-600, 600)) + [2**31 - 1, -(2**40) + 3, 5461]:
         d = csd_digits(m)

@@ -28,7 +28,7 @@ import torch
 
 import nas
 from nas.codegen.emit_c import GENERATOR_VERSION, CProgram, LayerOps, count_static_mults, generate_c
-from nas.codegen.intnet import DEFAULT_MULT_BITS, DEFAULT_SQNR_DB, IntNet, build_intnet
+from nas.codegen.intnet import DEFAULT_AGREE, DEFAULT_MULT_BITS, IntNet, build_intnet
 from nas.codegen.reference import run_int
 from nas.errors import ConfigError
 from nas.io import atomic_write_json, atomic_write_text
@@ -124,17 +124,18 @@ class Export:
     options: dict = field(default_factory=dict)
 
 
-def export_c(run_dir: str | Path, *, act_bits: str = "auto", sqnr_db: float = DEFAULT_SQNR_DB,
+def export_c(run_dir: str | Path, *, act_bits: str = "auto", agree: float = DEFAULT_AGREE,
              mult_bits: int = DEFAULT_MULT_BITS, requant: str = "csd", calib_images: int = CALIB_IMAGES) -> Export:
     """Lower the run's TargetNet and write ``target/c/``."""
     if not (isinstance(calib_images, int) and calib_images >= 1):
         raise ConfigError("--calib-images", calib_images, "a positive integer")
     rd = load_run(run_dir)
     calib, _ = split_images(rd.data.train, calib_images, rd.resolution, seed=0)
-    net = build_intnet(rd.model, rd.transform, calib, act_bits=act_bits, sqnr_db=sqnr_db, mult_bits=mult_bits)
+    net = build_intnet(rd.model, rd.transform, calib, act_bits=act_bits, agree=agree, mult_bits=mult_bits)
     prog = generate_c(net, requant, rd.arch_id)
     out = rd.target_dir / "c"
-    options = {"act_bits": act_bits, "sqnr_db": sqnr_db, "mult_bits": mult_bits, "requant": requant,
+    (out / "check.json").unlink(missing_ok=True)  # a previous check describes other code
+    options = {"act_bits": act_bits, "agree": agree, "mult_bits": mult_bits, "requant": requant,
                "calib_images": len(calib), "calib_split": "train (seeded subset, evaluation transform)"}
     for name, text in prog.files.items():
         atomic_write_text(out / name, text)
@@ -155,6 +156,7 @@ def manifest(net: IntNet, prog: CProgram, rd: RunData | None, options: dict) -> 
         "input": {"shape": list(net.input.raw_shape), "dtype": "uint8", "layout": "CHW"},
         "logits": {"dtype": "int32", "frac_bits": net.logit_frac},
         "formats": net.formats(),
+        "calibration": net.calibration,
         "format_counts": {f"{w}-bit": sum(1 for f in fmts if f.bits == w) for w in (8, 16, 32)},
         "flash_bytes": prog.flash_bytes,
         "flash_by_layer": prog.flash,
@@ -342,6 +344,11 @@ def _by_group(ops: list[LayerOps], sites: dict[str, int]) -> dict[str, dict]:
     return out
 
 
+def _simulated(net: IntNet) -> str:
+    a = net.calibration.get("simulated_agreement")
+    return "" if a is None else f", simulated top-1 agreement {a:.1f}%"
+
+
 def format_report(ex: Export, rep: dict) -> str:
     """The human-readable summary of ``check_c`` (also what the README shows)."""
     net = ex.net
@@ -352,7 +359,7 @@ def format_report(ex: Export, rep: dict) -> str:
         f"C code     {ex.out_dir}  (requantisation: {'CSD shift-adds' if ex.program.requant_mode == 'csd' else 'multiplies'}, "
         f"multipliers {net.mult_bits} bits)",
         f"formats    {n8} tensors 8-bit, {len(fm) - n8} 16-bit (act-bits {net.act_bits}, calibrated on {net.calib_images} "
-        f"training images); input {net.input.out.fmt}; logits int32 2^-{net.logit_frac}",
+        f"training images{_simulated(net)}); input {net.input.out.fmt}; logits int32 2^-{net.logit_frac}",
         f"bit-exact  {'yes' if be['ok'] else 'NO'}: C == integer reference on {be['images']} images "
         f"({rep['test_images']} test + {rep['random_images']} random), {be['differing']} differ",
         f"accuracy   float {acc['float']:.2f}%  integer {acc['integer']:.2f}%  (loss {acc['loss_points']:+.2f} points), "

@@ -214,7 +214,7 @@ class _Emitter:
         xt, yt = n.inputs[0].fmt.ctype, n.out.fmt.ctype
         at = f"int{n.acc_bits}_t"
         shl = f"L_SHL{n.acc_bits}"
-        wname = self.array(f"{fn}_w", n.weights.flatten().tolist(), "uint8_t" if n.op == "shift" else f"int{n.weight_bits}_t")
+        wname = self.array(f"{fn}_w", n.weights.flatten().tolist(), n.weight_ctype)
         bias = "0"
         if n.bias is not None and bool(n.bias.any()):
             bias = f"{self.array(f'{fn}_b', n.bias.tolist(), f'int{n.acc_bits}_t')}[o]"

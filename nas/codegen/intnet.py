@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -41,7 +41,7 @@ from nas.ops.adder import AdderConv2d, AdderLinear
 from nas.ops.shift import ShiftConv2d, ShiftLinear
 
 ACT_BITS = ("auto", "8", "16")
-DEFAULT_SQNR_DB = 30.0  # 'auto': a tensor stays 8-bit when its calibration SQNR at 8 bits reaches this
+DEFAULT_AGREE = 99.5  # 'auto': simulated top-1 agreement (%) with the float model on the calibration images
 DEFAULT_MULT_BITS = 8  # significant bits of a requantisation multiplier (BN scale, 1/HW, 1/6)
 MAX_FRAC = 24  # finest activation grid considered (2**-24)
 _ACC_LIMIT = 1 << 62  # |acc * M + B| must stay below this (int64 headroom)
@@ -175,13 +175,14 @@ class ConvNode(Node):
     groups: int = 1
     # lowered
     weights: torch.Tensor | None = None  # shift: uint8 codes; add: int weights on the input grid; mult: int8
-    weight_bits: int = 8  # storage bits of `weights`
+    weight_ctype: str = "int8_t"  # C type of `weights`
     bias: torch.Tensor | None = None  # [O] int64 on the accumulator grid (None: no bias)
     acc_frac: list[int] = field(default_factory=list)  # per output channel
     acc_bits: int = 32
     acc_bound: int = 0
     grid_integer_bits: int = 0  # the `integer_bits` handed to nas.ops.deploy (shift / add)
     has_zero_weights: bool = False
+    acc_offset: torch.Tensor | None = None  # [O] integer added to nas.ops.deploy's sum (BN mean, see _center)
     requant: Requant | None = None
 
     @property
@@ -258,6 +259,7 @@ class IntNet:
     act_bits: str
     calib_images: int
     float_check_max_abs: float = 0.0  # traced float graph vs the model's own forward
+    calibration: dict = field(default_factory=dict)  # what 'auto' measured (16-bit count, simulated agreement)
 
     @property
     def input(self) -> InputNode:
@@ -385,14 +387,16 @@ def trace(model: nn.Module, raw_shape: tuple[int, int, int], float_lut: torch.Te
 
 
 def run_float(nodes: list[Node], x: torch.Tensor, visit: Callable[[Buf, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Run the traced float network on normalised images; ``visit(buf, value)`` sees every tensor."""
+    """Run the traced float network on normalised images; ``visit(buf, value)`` sees every tensor
+    and may return a replacement (e.g. the value rounded to the tensor's format)."""
     vals: dict[int, torch.Tensor] = {}
     y = x
     for n in nodes:
         y = n.run_float(*(vals[id(b)] for b in n.inputs)) if n.inputs else n.run_float(x)
-        vals[id(n.out)] = y
         if visit is not None:
-            visit(n.out, y)
+            r = visit(n.out, y)
+            y = y if r is None else r
+        vals[id(n.out)] = y
     return y.flatten(1)
 
 
@@ -400,49 +404,70 @@ def run_float(nodes: list[Node], x: torch.Tensor, visit: Callable[[Buf, torch.Te
 # calibration
 
 
-def _calibrate(nodes: list[Node], batches: list[torch.Tensor], act_bits: str, sqnr_db: float) -> None:
+def _calibrate(nodes: list[Node], batches: list[torch.Tensor], act_bits: str, agree: float) -> dict:
     """Choose every tensor's format from the float network's values on the calibration batches.
 
-    The scale of each width is the finest power of two whose range holds the largest calibration
-    value (no clipping). ``act_bits='auto'`` keeps a tensor 8-bit when the signal-to-quantisation
-    noise ratio of rounding its calibration values to that 8-bit grid reaches ``sqnr_db``, else
-    makes it 16-bit; '8' / '16' fix the width everywhere.
+    Scale: for each width, the finest power of two whose range holds the tensor's largest
+    calibration value (no clipping). Width: '8' / '16' fix it everywhere. 'auto' ranks the
+    tensors by the signal-to-quantisation-noise ratio (SQNR) of their calibration values rounded to
+    their 8-bit grid, then makes the k worst 16-bit for the smallest k whose simulated network
+    (float layers, every tensor rounded to its format) predicts the float network's top-1 class on
+    at least ``agree`` percent of the calibration images. One SQNR alone does not decide: the
+    rounding noise of ~50 tensors adds up along the network, and how much a tensor matters
+    depends on what follows it. Returns what was measured.
     """
     bufs = [n.out for n in nodes[:-1]]  # the logits get a 32-bit format in lowering
     maxabs = {id(b): 0.0 for b in bufs}
+    energy = {id(b): [0.0, 0.0] for b in bufs}
 
     def see_max(b, v):
         if id(b) in maxabs:
             maxabs[id(b)] = max(maxabs[id(b)], float(v.detach().abs().max()))
 
     with torch.no_grad():
-        for x in batches:
-            run_float(nodes, x, see_max)
+        ref = [run_float(nodes, x, see_max).argmax(1) for x in batches]
     inp = nodes[0]
     maxabs[id(inp.out)] = float(inp.float_lut.abs().max())  # every pixel value, not just those seen
-    energy = {id(b): [0.0, 0.0] for b in bufs}
-    cand = {id(b): fmt_for(maxabs[id(b)], 8, not b.nonneg) for b in bufs}
+    f8 = {id(b): fmt_for(maxabs[id(b)], 8, not b.nonneg) for b in bufs}
+    f16 = {id(b): fmt_for(maxabs[id(b)], 16, not b.nonneg) for b in bufs}
+    if act_bits != "auto":
+        for b in bufs:
+            b.fmt = (f8 if act_bits == "8" else f16)[id(b)]
+        return {}
 
     def see_err(b, v):
         if id(b) in energy:
-            f = cand[id(b)]
-            v = v.detach().double()
-            e = energy[id(b)]
+            f, v, e = f8[id(b)], v.detach().double(), energy[id(b)]
             e[0] += float(v.square().sum())
             e[1] += float((v - f.quantise(v) * 2.0**-f.frac).square().sum())
 
-    if act_bits == "auto":
+    with torch.no_grad():
+        for x in batches:
+            run_float(nodes, x, see_err)
+    sqnr = {k: math.inf if e == 0 else 10 * math.log10(max(s, 1e-300) / e) for k, (s, e) in energy.items()}
+    order = sorted(bufs, key=lambda b: sqnr[id(b)])
+
+    def agreement(wide: set[int]) -> float:
+        def rounded(b, v):
+            if id(b) in f8:
+                f = f16[id(b)] if id(b) in wide else f8[id(b)]
+                return (f.quantise(v) * 2.0**-f.frac).to(v.dtype)
+            return None
+
         with torch.no_grad():
-            for x in batches:
-                run_float(nodes, x, see_err)
-    for b in bufs:
-        if act_bits == "auto":
-            sig, err = energy[id(b)]
-            sqnr = math.inf if err == 0 else 10 * math.log10(max(sig, 1e-300) / err)
-            bits = 8 if sqnr >= sqnr_db else 16
-        else:
-            bits = int(act_bits)
-        b.fmt = fmt_for(maxabs[id(b)], bits, not b.nonneg)
+            hits = sum(int((run_float(nodes, x, rounded).argmax(1) == r).sum()) for x, r in zip(batches, ref))
+        return 100.0 * hits / sum(len(r) for r in ref)
+
+    step = max(1, len(bufs) // 16)
+    tried = []
+    for k in sorted({0, 1, 2, *range(step, len(bufs), step), len(bufs)}):  # at most ~19 simulations
+        tried.append((k, agreement({id(b) for b in order[:k]})))
+        if tried[-1][1] >= agree:
+            break
+    k = tried[-1][0]
+    for i, b in enumerate(order):
+        b.fmt = (f16 if i < k else f8)[id(b)]
+    return {"sixteen_bit": k, "simulated_agreement": tried[-1][1], "tried": tried}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -517,13 +542,6 @@ def _affine(node: ConvNode) -> tuple[list[float], list[float]] | None:
     return scale.tolist(), offset.tolist()
 
 
-def _storage_bits(lo: int, hi: int) -> int:
-    for bits in (8, 16, 32):
-        if -(1 << (bits - 1)) <= lo and hi < (1 << (bits - 1)):
-            return bits
-    raise ConfigError("weights", (lo, hi), "integer weights that fit 32 bits on the input grid")
-
-
 def grid_integer_bits(fmt: Fmt, extra_abs: int = 0) -> int:
     """``integer_bits`` for ``nas.ops.deploy`` so that its grid (I + F bits) holds every value of
     ``fmt`` (and integers up to ``extra_abs``) without clamping."""
@@ -553,7 +571,7 @@ def _lower_conv(n: ConvNode, mult_bits: int) -> None:
                 raise ConfigError(n.name, int(amount.max()), "shift amounts in [0, 62] after the guard bits")
             n.has_zero_weights = bool((sign == 0).any())
             n.weights = amount | ((sign < 0).long() << 7) | ((sign == 0).long() << 6)
-            n.weight_bits = 8
+            n.weight_ctype = "uint8_t"
             n.bias = None if p["bias"] is None else p["bias"] << g
             n.acc_frac = [xf.frac + g] * o
             per_out = ((sign != 0).long() << amount).flatten(1).sum(1) * xmax
@@ -567,11 +585,17 @@ def _lower_conv(n: ConvNode, mult_bits: int) -> None:
             w = deploy.fixed_point_int(m.weight, n.grid_integer_bits, xf.frac)
             if n.linear:
                 w = w[:, :, None, None]
-            n.weights = w
-            n.weight_bits = _storage_bits(int(w.min()), int(w.max()))
-            n.bias = None if bias is None else deploy.fixed_point_int(m.bias, n.grid_integer_bits, xf.frac)
+            # A weight outside the input's range [lo, hi] only adds a constant: for every x in
+            # range |x - w| = |x - clamp(w)| + |w - clamp(w)|. So the weights are stored clamped
+            # (in the input's own type) and the constants go into the bias: the same sums exactly.
+            wc = w.clamp(xf.lo, xf.hi)
+            excess = (w - wc).abs().flatten(1).sum(1)
+            n.weights = wc
+            n.weight_ctype = xf.ctype
+            bias = torch.zeros(o, dtype=torch.int64) if bias is None else bias.clone()
+            n.bias = bias - excess
             n.acc_frac = [xf.frac] * o
-            per_out = torch.maximum((w - xf.lo).abs(), (w - xf.hi).abs()).flatten(1).sum(1)
+            per_out = torch.maximum((wc - xf.lo).abs(), (wc - xf.hi).abs()).flatten(1).sum(1)
         else:
             w = m.weight.double()
             if n.linear:
@@ -586,10 +610,12 @@ def _lower_conv(n: ConvNode, mult_bits: int) -> None:
             fw = [min(30, max(-16, math.floor(math.log2(127 / v)))) if v > 0 else 0 for v in wmax.tolist()]
             scale = torch.tensor([2.0**f for f in fw], dtype=torch.float64)
             n.weights = torch.round(w * scale[:, None, None, None]).clamp_(-127, 127).long()
-            n.weight_bits = 8
+            n.weight_ctype = "int8_t"
             n.acc_frac = [xf.frac + f for f in fw]
             n.bias = torch.round(b * torch.tensor([2.0**f for f in n.acc_frac], dtype=torch.float64)).long()
             per_out = (n.weights.abs() * xmax).flatten(1).sum(1)
+        if affine is not None:  # shift / add with BN: its mean goes into the integer bias
+            affine = _center(n, affine)
         bias_abs = n.bias.abs() if n.bias is not None else torch.zeros(o, dtype=torch.int64)
         bound = int((per_out + bias_abs).max())
     n.acc_bound = bound
@@ -611,6 +637,19 @@ def _check_range(name: str, acc_bound: int, rq: Requant) -> None:
         z = max(abs(rq.lo), rq.hi, three)
         if z * 2 * three * m >= _ACC_LIMIT:
             raise ConfigError(name, "h-swish product", "a format whose h-swish product fits int64")
+
+
+def _center(n: ConvNode, affine: tuple[list[float], list[float]]) -> tuple[list[float], list[float]]:
+    """Move the affine map's zero point into the accumulator: ``acc' = acc - c`` with the integer
+    ``c = round(-offset / scale * 2**acc_frac)``, so that the requantisation multiplies a value
+    centred near zero (an adder's sum carries a large per-channel constant: scaling it with an
+    8-bit multiplier and then cancelling it with the BN shift would lose most digits). Exact: an
+    integer added to the bias. Returns the adjusted (scale, offset)."""
+    scale, offset = affine
+    c = [round(-b / s * 2.0**af) if s != 0 else 0 for s, b, af in zip(scale, offset, n.acc_frac)]
+    n.acc_offset = -torch.tensor(c, dtype=torch.int64)
+    n.bias = n.acc_offset if n.bias is None else n.bias + n.acc_offset
+    return scale, [b + s * ci * 2.0**-af for s, b, ci, af in zip(scale, offset, c, n.acc_frac)]
 
 
 def _lower_pool(n: PoolNode, mult_bits: int) -> None:
@@ -679,7 +718,7 @@ def build_intnet(
     calib_images: torch.Tensor,
     *,
     act_bits: str = "auto",
-    sqnr_db: float = DEFAULT_SQNR_DB,
+    agree: float = DEFAULT_AGREE,
     mult_bits: int = DEFAULT_MULT_BITS,
     batch_size: int = 128,
 ) -> IntNet:
@@ -708,18 +747,12 @@ def build_intnet(
     if diff > 1e-5 * scale:  # the traced graph must be the model (catches structural changes)
         raise ConfigError("model", f"traced graph differs from the model's forward by {diff:.3g}",
                           "a network whose structure nas.codegen.intnet.trace understands")
-    _calibrate(nodes, batches, act_bits, sqnr_db)
+    calibration = _calibrate(nodes, batches, act_bits, agree)
     cls = nodes[-1]
-    for n in nodes[:-1]:
-        lower([n], mult_bits)
-    # the classifier's accumulator grid decides the logit format
-    cls.out.fmt = Fmt(32, True, 0)
+    lower(nodes[:-1], mult_bits)
+    cls.out.fmt = Fmt(32, True, 0)  # lowered once to learn its accumulator grids, which decide the logit format
     lower([cls], mult_bits)
     cls.out.fmt = _logit_format(cls)
     lower([cls], mult_bits)
     return IntNet(getattr(getattr(model, "arch", None), "name", "model"), nodes, cls.cout, mult_bits, act_bits,
-                  len(calib_images), diff)
-
-
-def iter_convs(net: IntNet) -> Iterable[ConvNode]:
-    return (n for n in net.nodes if isinstance(n, ConvNode))
+                  len(calib_images), diff, calibration)

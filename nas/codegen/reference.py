@@ -59,7 +59,8 @@ def conv_acc(n: ConvNode, x: torch.Tensor) -> torch.Tensor:
         acc, frac = _DEPLOY_FNS[(n.op, n.linear)](n.module, xr, n.grid_integer_bits, xf.frac, return_int=True)
         if frac != n.acc_frac[0]:
             raise AssertionError(f"{n.name}: nas.ops.deploy accumulates on 2^-{frac}, the IntNet on 2^-{n.acc_frac[0]}")
-        return acc.view(acc.shape[0], -1, 1, 1) if n.linear else acc
+        acc = acc.view(acc.shape[0], -1, 1, 1) if n.linear else acc
+        return acc if n.acc_offset is None else acc + n.acc_offset.view(1, -1, 1, 1)
     bias = None if n.bias is None else n.bias.double()
     y = F.conv2d(x.double(), n.weights.double(), bias, n.stride, n.pad, 1, n.groups)
     if n.acc_bound >= _EXACT:
