@@ -5,24 +5,27 @@ layers (``Node``), runs the float network on calibration images to choose every 
 tensor's fixed-point format, and lowers each layer to integers:
 
 * every activation tensor (``Buf``) is int8/uint8 or int16/uint16 with a power-of-two scale
-  ``2**-frac`` (unsigned where the activation makes it non-negative: ReLU, ReLU6, h-sigmoid);
+  ``2**-frac`` (unsigned where the activation makes it non-negative: ReLU, ReLU6, h-sigmoid),
+  the width chosen by ``_calibrate``;
 * ShiftConv: (shift, sign) codes and the integer bias of ``nas.ops.deploy.shift_layer_params``,
   the accumulator carries the guard bits of ``nas.ops.deploy`` (exact sums);
 * AdderConv: weights and bias on the input's grid (``nas.ops.deploy.fixed_point_int``), exact
-  ``-sum |x - w|`` sums;
+  ``-sum |x - w|`` sums; weights stored clamped to the input's range, the constant
+  ``|w - clamp(w)|`` moved into the bias (the same sums for every input in range);
 * multiplicative convs / linears (depthwise and SE of Add models, the classifier): BatchNorm and
   an h-sigmoid's affine part folded into the float weights, then int8 weights with one
   power-of-two scale per output channel, int32 bias;
 * after every conv one per-channel requantisation ``z = (acc * M[c] + B[c]) >> S[c]`` puts the
   accumulator on the output grid. For shift and add layers it carries the BatchNorm (which cannot
-  be folded into power-of-two or ``|x - w|`` weights): ``M`` is the BN scale rounded to
-  ``mult_bits`` significant bits, ``B`` the BN shift (and the rounding offset). Elsewhere ``M`` is
+  be folded into power-of-two or ``|x - w|`` weights): its mean is an integer added to the
+  accumulator's bias (exact), ``M`` the BN scale rounded to ``mult_bits`` significant bits, ``B``
+  the rest of the BN shift and the rounding offset. Elsewhere ``M`` is
   1 or a power of two (a pure shift). The C code applies ``M`` either as one multiplication or
   as its canonical signed-digit expansion (shifts and adds only); both give the same integers.
 
 The lowered constants are plain Python ints / int64 tensors; ``nas.codegen.reference`` and
-``nas.codegen.emit_c`` both read them, so the C program and the reference compute the same
-function by construction and the check compares them bit for bit.
+``nas.codegen.emit_c`` both read them (the reference's shift and adder sums come from
+``nas.ops.deploy`` itself), and the check compares the two bit for bit.
 """
 
 from __future__ import annotations
