@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 
 import nas
-from nas.codegen.intnet import AddNode, ConvNode, GateNode, InputNode, IntNet, Node, PoolNode, Requant
+from nas.codegen.intnet import AddNode, ConvNode, GateNode, InputNode, IntNet, PoolNode, Requant
 from nas.codegen.memory import MemoryPlan, plan_memory
 from nas.errors import ConfigError
 
@@ -517,9 +517,8 @@ def generate_c(net: IntNet, requant: str = "csd", arch_id: str = "") -> CProgram
         fn = _cname(i)
         em.layer = n.name
         lo = LayerOps(n.name, n.kind, n.op if isinstance(n, ConvNode) else "-")
-        kind = type(n).__name__
-        text = {"InputNode": em.input, "ConvNode": em.conv, "PoolNode": em.pool, "GateNode": em.gate,
-                "AddNode": em.add}[kind](n, fn, lo)
+        emit = {InputNode: em.input, ConvNode: em.conv, PoolNode: em.pool, GateNode: em.gate, AddNode: em.add}[type(n)]
+        text = emit(n, fn, lo)
         functions.append(text)
         ops.append(lo)
         args = ["image"] if isinstance(n, InputNode) else [_arena(b, memory, const=True) for b in n.inputs]
