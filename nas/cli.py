@@ -111,6 +111,9 @@ def cost_main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--bits", type=int, choices=(32, 16, 8), default=32, help="operand width of the energy model (default 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--deploy", action="store_true",
+                   help="also generate the integer C code (nas.codegen) and report the operations its loops execute, "
+                   "layer by layer, against these counts (docs/deploy.md)")
     args = p.parse_args(argv)
     if args.batch < 1:
         raise ConfigError("--batch", args.batch, "expected a positive integer")
@@ -134,6 +137,10 @@ def cost_main(argv: Sequence[str] | None = None) -> int:
         )
         for row, (_, e) in zip(out["layers"], price.rows):
             row.update({"energy_mJ": e.energy_mJ, "latency_ms": e.latency_ms, "tiling": e.tiling})
+        if args.deploy:
+            prog, rows = _deploy_counts(arch, args.batch)
+            out["deploy"] = {"layers": [lo.to_json() for lo in prog.ops], "counter_agreement": rows,
+                             "flash_bytes": prog.flash_bytes, "memory": prog.memory.to_json()}
         print(json.dumps(out, sort_keys=True))
     else:
         print(
@@ -141,7 +148,22 @@ def cost_main(argv: Sequence[str] | None = None) -> int:
             f"energy model: {hw.name}, {args.bits} bit"
         )
         print(_cost_table(report, price))
+        if args.deploy:
+            from nas.codegen.check import format_deploy_table
+
+            prog, rows = _deploy_counts(arch, args.batch)
+            print()
+            print(format_deploy_table(prog, rows))
+            return 0 if all(r["ok"] for r in rows) else 1
     return 0
+
+
+def _deploy_counts(arch, batch: int):
+    from nas.codegen.check import deploy_counts
+
+    if batch != 1:
+        raise ConfigError("--batch", batch, "--deploy counts one image (batch 1)")
+    return deploy_counts(arch)
 
 
 def _cost_table(report, price) -> str:
@@ -602,19 +624,39 @@ def export_main(argv: Sequence[str] | None = None) -> int:
         "json rebuilds target/ (arch.json, weights.pt, cost.json, meta.json) from the run's last training "
         "checkpoint with freshly re-estimated BatchNorm statistics; onnx writes target/model.onnx (standard "
         "ONNX operators only, the adder as Pad/Slice/Sub/Abs/ReduceSum) and checks it with onnxruntime.",
-        epilog="example:\n  shiftaddaug-export runs/20261127-130000-search-shift-0.02mJ --format all",
+        epilog="examples:\n  shiftaddaug-export runs/20261127-130000-search-shift-0.02mJ --format all\n"
+        "  shiftaddaug-export runs/20261127-130000-search-shift-0.02mJ --format c --check",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
-    p.add_argument("--format", choices=("json", "onnx", "all"), default="all", help="what to write (default all)")
+    p.add_argument("--format", choices=("json", "onnx", "all", "c"), default="all",
+                   help="what to write (default all = json + onnx); c: integer-only C99 code in target/c/ (docs/deploy.md)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    c = p.add_argument_group("C code (--format c)")
+    c.add_argument("--check", action="store_true",
+                   help="compile with the system C compiler, run on the run's test images and random ones, compare with "
+                   "the Python integer reference (bit for bit) and the float model, count the executed operations")
+    c.add_argument("--check-images", type=int, metavar="N", help="test images for --check (default: the whole test split)")
+    c.add_argument("--act-bits", choices=("auto", "8", "16"), default="auto",
+                   help="activation width: auto = 8-bit except the fewest tensors (lowest 8-bit SQNR first) that must be "
+                   "16-bit for --agree (default auto)")
+    c.add_argument("--agree", type=float, default=99.5, metavar="PCT",
+                   help="auto: top-1 agreement with the float model, simulated on the calibration images (default 99.5)")
+    c.add_argument("--mult-bits", type=int, default=8, help="significant bits of requantisation multipliers (default 8)")
+    c.add_argument("--requant", choices=("csd", "mul"), default="csd",
+                   help="apply requantisation multipliers as shift-adds (csd, multiplication-free) or multiplies; same results")
+    c.add_argument("--calib-images", type=int, default=512, metavar="N", help="training images that calibrate the formats (default 512)")
     args = p.parse_args(argv)
     from nas.rundir import claim
 
+    if args.check and args.format != "c":
+        raise ConfigError("--check", True, "only with --format c")
     run = Path(args.run_dir)
     if not (run / "config.json").is_file():
         raise ConfigError("RUN_DIR", str(run), "a finished shiftaddaug-search or shiftaddaug-train run directory (no config.json)")
     with claim(run, "shiftaddaug-export", resume=True):  # it rewrites target/: not while the run itself is busy
+        if args.format == "c":
+            return _export_c(args)
         train_dir = run / "train" if (run / "train" / "config.json").is_file() else run
         if not (train_dir / "checkpoint.pt").is_file():
             raise ConfigError("RUN_DIR", str(run), "a finished shiftaddaug-search or shiftaddaug-train run directory (no training checkpoint found)")
@@ -646,3 +688,21 @@ def _export(run: Path, train_dir: Path, args: argparse.Namespace) -> int:
         r = export_onnx(model, target_dir / "model.onnx", model.arch.resolution, opset=args.opset)
         print(f"onnx  {r['path']}  (onnxruntime vs PyTorch max |diff| {r['max_abs_diff']:.1e}; ops: {', '.join(r['ops'])})")
     return 0
+
+
+def _export_c(args: argparse.Namespace) -> int:
+    from nas.codegen.check import check_c, export_c, format_report
+
+    if args.check_images is not None and args.check_images < 1:
+        raise ConfigError("--check-images", args.check_images, "a positive integer")
+    if not 0 <= args.agree <= 100:
+        raise ConfigError("--agree", args.agree, "a percentage in [0, 100]")
+    ex = export_c(args.run_dir, act_bits=args.act_bits, agree=args.agree, mult_bits=args.mult_bits,
+                  requant=args.requant, calib_images=args.calib_images)
+    files = ", ".join(sorted(p.name for p in ex.out_dir.iterdir() if p.is_file()))
+    print(f"c     {ex.out_dir}  ({files}; flash {ex.program.flash_bytes:,} B, SRAM peak {ex.program.memory.peak_live_bytes:,} B)")
+    if not args.check:
+        return 0
+    rep = check_c(ex, args.check_images)
+    print(format_report(ex, rep))
+    return 0 if rep["ok"] else 1

@@ -126,6 +126,9 @@ def _int_conv(x, weight_shape, groups, kernel, stride, padding, dilation, term):
     for a, b, win in _windows(x, kernel, stride, padding, dilation):
         if acc is None:
             acc = torch.zeros(n, out_channels, *win.shape[-2:], dtype=torch.int64, device=x.device)
+        if cg == 1 and og == 1:  # depthwise: channel o meets only weight o, one broadcast per tap
+            acc += term(win[:, None], 0, out_channels, a, b).sum(dim=1)
+            continue
         for g in range(groups):
             xg = win[:, g * cg : (g + 1) * cg, None]  # [N, Cg, 1, Ho, Wo]
             for o0 in range(g * og, (g + 1) * og, _CHUNK):
