@@ -347,6 +347,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         epilog="examples:\n"
         "  shiftaddaug-train --model mbv2-tiny --op shift --aug shiftaddaug --epochs 10\n"
         "  shiftaddaug-train --model mcunet --op add --aug none --dataset cifar10 --data-root ~/data/cifar-10-batches-py\n"
+        "  shiftaddaug-train --model mbv2-w0.35 --op add --dataset cifar100 --data-root ~/data --resolution 160 \\\n"
+        "      --device cuda --precision bf16 --workers 4\n"
+        "  torchrun --nproc-per-node 2 --no-python shiftaddaug-train --model mbv2-tiny --op add --out runs/ddp\n"
         "  shiftaddaug-train --resume runs/20261127-120000-train-mbv2-tiny-shift-shiftaddaug",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -378,17 +381,30 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mutation", type=float, metavar="F", help="fraction of training over which target layers turn MF (default: 1/3 with shiftaddaug, else 0)")
     p.add_argument("--eta", type=float, default=d.eta, help=f"AdderNet adaptive gradient scale for add layers, 0 = off (default {d.eta})")
     p.add_argument("--weight-bits", type=int, default=d.weight_bits, help=f"shift weight bits (default {d.weight_bits})")
-    p.add_argument("--workers", type=int, default=d.workers, help="data loader workers (image folders)")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="data loader worker processes: decode image folders, gather / resize in-memory images (default 0)")
     p.add_argument("--max-train-images", type=int, metavar="N", help="train on the first N images of the training split")
+    add_device_args(p, resume_note=True)
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-train-<model>-<op>-<aug>)")
     p.add_argument("--ray-address", metavar="local|auto|HOST:PORT",
                    help="data-parallel training with Ray Train on that cluster (needs the ray extra; docs/ray.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    from nas.train.distributed import init_from_env, launched_by_torchrun
+    from nas.train.loop import resolve_device
+
     if args.ray_address:
         from nas.search.ray_adapter import check_ray
 
         check_ray(args.ray_address)  # before anything runs: a one-line error without ray
+        if launched_by_torchrun():
+            raise ConfigError("--ray-address", args.ray_address, "not under torchrun: Ray Train starts its own workers")
+    dist = None
+    if not args.ray_address:
+        # torchrun: join the process group (one process: nothing); the device of this rank
+        spec = args.device or (_run_device(args.resume) if args.resume else None) or "auto"
+        dist, device = init_from_env(resolve_device(spec))
+        quiet = args.quiet or not dist.is_writer
     if args.resume and args.ray_address:
         from nas.search.ray_adapter import train as ray_train
 
@@ -397,8 +413,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"resuming {args.resume} on Ray ({args.ray_address})")
         out, s = Path(args.resume), ray_train(args.ray_address, args.resume)["summary"]
     elif args.resume:
-        trainer = resume_trainer(args.resume, progress=not args.quiet)
-        print(f"resuming {args.resume} at epoch {trainer.epoch}/{trainer.cfg.epochs}")
+        # a --device given here moves the run there (and is recorded); torchrun's per-rank GPU is not recorded
+        trainer = resume_trainer(args.resume, progress=not quiet, device=device if dist.active else args.device, dist=dist)
+        if dist.is_writer:
+            print(f"resuming {args.resume} at epoch {trainer.epoch}/{trainer.cfg.epochs} on {trainer.device}")
     else:
         if not (args.model or args.arch):
             raise ConfigError("--model", None, "give --model NAME, --arch FILE or --resume DIR")
@@ -408,6 +426,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             expand_mults=args.expand_mults, mutation=args.mutation, eta=args.eta or None, weight_bits=args.weight_bits,
             dataset=args.dataset, data_root=args.data_root, batch_size=args.batch_size, workers=args.workers,
             max_train_images=args.max_train_images, epochs=args.epochs, lr=args.lr, seed=args.seed,
+            device=args.device or "auto", precision=args.precision,
         ).validate()
         name = f"train-{args.model or Path(args.arch).stem}-{args.op}-{args.aug}"
         out = args.out or default_run_dir(name)
@@ -416,9 +435,15 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
             out, s = Path(out), ray_train(args.ray_address, out, cfg)["summary"]
         else:
-            trainer = Trainer(cfg, out, progress=not args.quiet)
+            out = dist.broadcast_object(str(out))  # rank 0's (time-stamped) run directory for every rank
+            trainer = Trainer(cfg, out, progress=not quiet, device=device, dist=dist)
     if not args.ray_address:
-        out, s = trainer.out, trainer.fit()
+        try:
+            out, s = trainer.out, trainer.fit()
+        finally:
+            dist.shutdown()
+        if not dist.is_writer:
+            return 0  # rank 0 reports
     print()
     print(f"run directory   {out}")
     print(f"TargetNet       {s['target']} ({s['op']}, trained with aug={s['aug']}, remap={s['remap']}, {s['epochs']} epochs)")
@@ -428,6 +453,26 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     print(f"exported        {ex['dir']}  ({cost}; max |logit diff| vs trained model {ex['max_abs_logit_diff']:.1e})")
     print(f"time            {s['train_time_s']:.0f}s")
     return 0
+
+
+def add_device_args(p: argparse.ArgumentParser, resume_note: bool = False) -> None:
+    """--device and --precision (shiftaddaug-train and shiftaddaug-search)."""
+    from nas.train.loop import DEVICE_HELP, PRECISIONS
+
+    p.add_argument("--device", metavar="DEV", help=f"where to compute: {DEVICE_HELP} (default auto"
+                   + ("; with --resume: the run's own, or move it here" if resume_note else "") + "); under torchrun "
+                   "cuda / auto put each rank on its LOCAL_RANK GPU")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="fp32 (default), or bf16 / fp16 autocast of the multiplicative layers (faster on GPUs); "
+                   "multiplication-free layers always compute in fp32; fp16 adds loss scaling")
+
+
+def _run_device(run_dir: str) -> str | None:
+    """The --device a training run was started with (None when its config cannot be read here)."""
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text())["train"].get("device")
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 @_friendly
@@ -452,15 +497,19 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--budget", default=d.budget, help=f"energy (mJ, uJ, J) or latency (ms, us, s) budget of the TargetNet, e.g. 20mJ, 300uJ, 5ms (default {d.budget})")
     p.add_argument("--op", choices=("shift", "add"), default=d.op, help=f"multiplication-free operator of the TargetNet (default {d.op})")
     p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset,
-                   help="quick: minutes on a laptop CPU with the bundled data; paper: the paper's scale (CIFAR-100 at 160, GPU-days)")
+                   help="quick: minutes on a laptop CPU with the bundled data; paper: the paper's recipe on one GPU "
+                   "(CIFAR-100 at 160 px, 250 epochs of final training; docs/presets.md)")
     p.add_argument("--space", help="search space YAML file or shipped name (default: the preset's: tiny / paper160)")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset, help="; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
+    p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset,
+                   help="default: the preset's (quick: mnist5k, paper: cifar100); " + "; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
     p.add_argument("--data-root", metavar="PATH", help="dataset location (CIFAR python folder or image folder)")
+    add_device_args(p)
+    p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (default 0)")
     p.add_argument("--hardware", metavar="NAME|FILE", help="hardware model of the energy / latency price list (default eyeriss-45nm)")
     p.add_argument("--bits", type=int, choices=(32, 16, 8), default=d.bits, help="operand width of the energy model (default 32)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-search-<op>-<budget>)")
-    p.add_argument("--resume", metavar="DIR", help="continue a killed run from its directory (other options are ignored)")
+    p.add_argument("--resume", metavar="DIR", help="continue a killed run from its directory (other options but --device are ignored)")
     p.add_argument("--ray-address", metavar="local|auto|HOST:PORT", help="run the search on a Ray cluster (needs the ray extra)")
     g = p.add_argument_group("overrides of the preset")
     for name, help_ in (("supernet-epochs", "epochs of supernet training"), ("population", "stage-one population"),
@@ -470,13 +519,21 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         g.add_argument(f"--{name}", type=int, help=help_)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    from nas.train.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise ConfigError("torchrun", "shiftaddaug-search", "the search runs data-parallel through --ray-address; "
+                          "torchrun takes shiftaddaug-train")
     if args.resume:
         run = SearchRun.resume(args.resume, progress=not args.quiet)
+        if args.device:  # continue the remaining steps on another device
+            run.cfg.device = args.device
         print(f"resuming {args.resume}; finished steps: {', '.join(run.state['done']) or 'none'}")
     else:
         cfg = SearchConfig(budget=args.budget, op=args.op, preset=args.preset, space=args.space, dataset=args.dataset,
                            data_root=args.data_root, hardware=args.hardware, bits=args.bits, seed=args.seed,
-                           ray_address=args.ray_address,
+                           ray_address=args.ray_address, device=args.device or "auto", precision=args.precision,
+                           workers=args.workers,
                            **{k: getattr(args, k) for k in ("supernet_epochs", "population", "generations", "trials", "final_epochs",
                                                              "batch_size", "max_train_images", "eval_images")})
         if args.ray_address:
