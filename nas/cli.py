@@ -498,7 +498,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--op", choices=("shift", "add"), default=d.op, help=f"multiplication-free operator of the TargetNet (default {d.op})")
     p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset,
                    help="quick: minutes on a laptop CPU with the bundled data; paper: the paper's recipe on one GPU "
-                   "(CIFAR-100 at 160 px, 250 epochs of final training; docs/presets.md)")
+                   "(CIFAR-100 at 160 px, 250 epochs of final training; docs/paper-recipe.md)")
     p.add_argument("--space", help="search space YAML file or shipped name (default: the preset's: tiny / paper160)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset,
                    help="default: the preset's (quick: mnist5k, paper: cifar100); " + "; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))

@@ -38,7 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # minutes on a 2-core CPU with the bundled dataset
     "quick": dict(space="tiny", supernet_epochs=4, population=12, generations=4, trials=30, final_epochs=8,
                   batch_size=64, lr=0.05, eval_images=500, bn_images=500, max_train_images=None),
-    # the paper's scale (CIFAR-100 at 160x160, one GPU): NetAug's recipe, docs/presets.md says why
+    # the paper's scale (CIFAR-100 at 160x160, one GPU): NetAug's recipe, docs/paper-recipe.md says why
     "paper": dict(space="paper160", supernet_epochs=120, population=100, generations=20, trials=300, final_epochs=250,
                   batch_size=128, lr=0.025, eval_images=10000, bn_images=2000, max_train_images=None,
                   dataset="cifar100", warmup_epochs=5.0),

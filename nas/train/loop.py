@@ -225,7 +225,8 @@ class TrainLoop:
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_now * g["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
-        stats = self.train_step(x, y)
+        # batches come on the device from the run's loaders; anything else is moved (a no-op otherwise)
+        stats = self.train_step(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
         self.scaler.step(self.optimizer)  # optimizer.step(), unless fp16 found inf / nan gradients
         self.scaler.update()
         self.global_step += 1

@@ -220,7 +220,8 @@ class Trainer(TrainLoop):
             loaders = build_loaders(cfg.dataset, cfg.data_root, resolution=res, batch_size=cfg.batch_size,
                                     num_workers=cfg.workers, seed=cfg.seed, max_train_images=cfg.max_train_images,
                                     device=device)
-        self.calib = calibration_batches(loaders, n_images=min(cfg.bn_images, loaders.train.num_images), batch_size=100, seed=cfg.seed)
+        calib = calibration_batches(loaders, n_images=min(cfg.bn_images, loaders.train.num_images), batch_size=100, seed=cfg.seed)
+        self.calib = [(x.to(device), y.to(device)) for x, y in calib]  # (a no-op when the loaders are on the device)
         steps = len(loaders.train)
         super().__init__(loaders, epochs=cfg.epochs, lr=cfg.lr, warmup_steps=int(round(cfg.warmup_epochs * steps)),
                          seed=cfg.seed, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
@@ -300,6 +301,7 @@ class Trainer(TrainLoop):
             correct = total = 0
             loss = 0.0
             for x, y in getattr(self.loaders, split):
+                x, y = x.to(self.device), y.to(self.device)
                 logits = self.net(x).float()
                 loss += F.cross_entropy(logits, y, reduction="sum").item()
                 correct += (logits.argmax(1) == y).sum().item()
