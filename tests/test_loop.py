@@ -54,6 +54,14 @@ def test_cli_device_and_precision_errors_are_one_line(argv, capsys, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- precision
+def _layers():
+    """(op, a 16 -> 24 channel 3x3 HybridConv2d, an input) for shift and add."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 8, 8)
+    for op in ("shift", "add"):
+        yield op, HybridConv2d(16, 24, 3), x
+
+
 def test_mf_layers_compute_in_float32_under_autocast(monkeypatch):
     """Under bf16 autocast a fully MF layer gives its float32 output exactly; in the hybrid
     configuration the MF prefix gets float32 inputs with autocast off, the rest runs in bf16."""
@@ -65,10 +73,7 @@ def test_mf_layers_compute_in_float32_under_autocast(monkeypatch):
         return real(op, x, w, *a)
 
     monkeypatch.setattr(hybrid, "mf_conv2d", spy)
-    torch.manual_seed(0)
-    x = torch.randn(4, 16, 8, 8)
-    for op in ("shift", "add"):
-        layer = HybridConv2d(16, 24, 3)
+    for op, layer, x in _layers():
         layer.configure(24, 3, op, 24, 16)
         ref = layer(x)
         with autocast(torch.device("cpu"), "bf16"):
@@ -87,13 +92,14 @@ def test_bf16_training_on_cpu(tmp_path, monkeypatch):
     real = hybrid.mf_conv2d
     monkeypatch.setattr(hybrid, "mf_conv2d", lambda op, x, w, *a: seen.append((x.dtype, torch.is_autocast_enabled("cpu"))) or real(op, x, w, *a))
     t = Trainer(small_cfg(precision="bf16", op="add"), tmp_path, progress=False)
-    logit_dtypes = []
-    real_loss = t._loss
-    t._loss = lambda logits, y: logit_dtypes.append(logits.dtype) or real_loss(logits, y)
+    bn_inputs = set()  # what the BatchNorms after MF and after multiplicative convs receive
+    for m in t.net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_hook(lambda mod, inp, out: bn_inputs.add(inp[0].dtype) if mod.training else None)
     s = t.fit()
     row = (tmp_path / "metrics.csv").read_text().splitlines()[1].split(",")
     assert all(torch.isfinite(torch.tensor(float(v))) for v in row[2:6])  # lr, loss, acc, loss_aug
-    assert set(logit_dtypes) == {torch.bfloat16}  # the multiplicative head ran under autocast
+    assert bn_inputs == {torch.bfloat16, torch.float32}  # multiplicative convs under autocast, MF ones not
     assert seen and set(seen) == {(torch.float32, False)}  # every MF forward: float32, autocast off
     weights = torch.load(tmp_path / "target" / "weights.pt", weights_only=True)
     assert all(v.dtype in (torch.float32, torch.int64) and v.device.type == "cpu" for v in weights.values())
@@ -189,10 +195,73 @@ def test_a_cuda_run_resumes_on_the_cpu(tmp_path):
 @gpu
 @needs_cuda
 def test_hybrid_layers_on_cuda_match_the_cpu():
-    torch.manual_seed(0)
-    x = torch.randn(4, 16, 8, 8)
-    for op in ("shift", "add"):
-        layer = HybridConv2d(16, 24, 3)
+    for op, layer, x in _layers():
         layer.configure(24, 3, op, 8, 10)
         ref = layer(x)
         assert torch.allclose(layer.cuda()(x.cuda()).cpu(), ref, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------- the paper preset and the search CLI
+def test_paper_preset_is_netaugs_recipe_on_cifar100():
+    from nas.search.pipeline import SearchConfig
+
+    p = SearchConfig(preset="paper").resolved()
+    assert (p.dataset, p.space, p.final_epochs, p.batch_size, p.lr, p.warmup_epochs) == ("cifar100", "paper160", 250, 128, 0.025, 5.0)
+    assert SearchConfig(preset="paper", batch_size=1024).resolved().lr == pytest.approx(0.2)  # 0.025 per 128 images
+    assert SearchConfig(preset="paper", batch_size=1024, lr=0.1).resolved().lr == 0.1
+    q = SearchConfig().resolved()  # the default job is unchanged
+    assert (q.dataset, q.lr, q.warmup_epochs, q.batch_size, q.device, q.precision, q.workers) == ("mnist5k", 0.05, 1.0, 64, "auto", "fp32", 0)
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--preset", "paper"], "error: data_root: got None; cifar100 needs --data-root"),
+    (["--workers", "-1"], "error: --workers: got -1"),
+    (["--precision", "fp8"], None),  # argparse's own choices message
+] + ([] if CUDA else [(["--device", "cuda:0"], "error: device: got 'cuda:0'; no CUDA device")]))
+def test_search_cli_errors_are_one_line(argv, msg, capsys, tmp_path):
+    from nas.cli import search_main
+
+    out = tmp_path / "run"
+    if msg is None:
+        with pytest.raises(SystemExit):
+            search_main(argv + ["--out", str(out)])
+        return
+    assert search_main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(msg) and err.count("\n") == 1 and not out.exists()
+
+
+def test_search_refuses_torchrun(monkeypatch, capsys):
+    from nas.cli import search_main
+
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    assert search_main([]) == 2
+    assert capsys.readouterr().err.startswith("error: torchrun: got 'shiftaddaug-search'; the search runs data-parallel through --ray-address")
+
+
+def test_network_and_augmentation_create_no_tensor_on_a_fixed_device():
+    """CPU-side proof for CUDA: forward and backward of the target and hybrid passes, and the
+    training transform, run on the ``meta`` device (a tensor made on the CPU inside them would
+    fail to mix with the meta tensors)."""
+    import random
+
+    from nas.data.transforms import BatchTransform
+    from nas.train.augment import Augmenter, AugSpec, subnet_for
+
+    for op in ("shift", "add"):
+        t = zoo_arch("mbv2-tiny", op, 32, 10)
+        sub, tb = subnet_for(t, 1)
+        aug = Augmenter(t, tb, sub, AugSpec())
+        net = DynamicNet(aug.max_arch).to("meta")
+        x = torch.empty(4, 3, 32, 32, device="meta")
+        a, b = aug.sample(random.Random(0), 0.1)
+        for cfg in ((t, tb), (a, b, t, tb)):
+            net.set_active_subnet(*cfg)
+            y = net(x)
+            y.sum().backward()
+            assert y.device.type == "meta" and y.shape == (4, 10)
+    for augment in ("crop", "rrc"):
+        tf = BatchTransform(mean=(0.5,) * 3, std=(0.25,) * 3, augment=augment)
+        images = torch.empty(4, 3, 32, 32, dtype=torch.uint8, device="meta")
+        assert tf(images, torch.Generator().manual_seed(0), (8, torch.arange(0, 8, 2))).device.type == "meta"

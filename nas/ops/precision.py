@@ -33,7 +33,7 @@ def full_precision(x: torch.Tensor):
     kind = x.device.type
     if kind == "cuda":
         return _cuda_full_precision()
-    if torch.is_autocast_enabled(kind):
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
         return torch.autocast(kind, enabled=False)
     return contextlib.nullcontext()
 

@@ -319,8 +319,9 @@ class Trainer(TrainLoop):
         self.net.set_active_subnet(self.target, self.target_blocks)
         reset_bn(self.net, self.calib)
         net = self.net if self.device.type == "cpu" else copy.deepcopy(self.net).cpu()
-        return export_target(net, self.export_dir, self.calib[0][0].cpu(), self.cfg.op_options,
-                             meta={"config": self.cfg.to_dict()})
+        with torch.random.fork_rng(devices=[]):  # building the static network initialises (then overwrites) weights
+            return export_target(net, self.export_dir, self.calib[0][0].cpu(), self.cfg.op_options,
+                                 meta={"config": self.cfg.to_dict()})
 
     # ------------------------------------------------------------------------------ the run
     def on_epoch_start(self, epoch: int) -> None:
@@ -388,8 +389,9 @@ def load_checkpoint(path: Path) -> dict:
 def resume_trainer(run_dir: str | Path, progress: bool = True, export_dir: str | Path | None = None,
                    device: str | torch.device | None = None, dist: Distributed | None = None) -> Trainer:
     """The trainer of an interrupted (or finished) run, at its last checkpoint. ``device`` moves
-    the run to another device (default: the run's own ``--device``); with ``dist`` rank 0 reads
-    the run directory and the other ranks receive what it read."""
+    the run to another device (default: the run's own ``--device``; a ``torch.device``, as
+    torchrun's per-rank GPU, is used without being recorded); with ``dist`` rank 0 reads the run
+    directory and the other ranks receive what it read."""
     run_dir = Path(run_dir)
     dist = dist or Distributed()
     cfg_path = run_dir / "config.json"
@@ -397,6 +399,8 @@ def resume_trainer(run_dir: str | Path, progress: bool = True, export_dir: str |
     cfg = dist.broadcast_object(cfg)
     if cfg is None:
         raise ConfigError("--resume", str(run_dir), "a run directory written by shiftaddaug-train (config.json missing)")
+    if isinstance(device, str):  # the run moves there (config.json records it)
+        cfg = {**cfg, "device": device}
     trainer = Trainer(TrainConfig.from_dict(cfg), run_dir, progress=progress, export_dir=export_dir, device=device, dist=dist)
     trainer.load_checkpoint()
     return trainer
