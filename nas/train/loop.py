@@ -181,8 +181,8 @@ class TrainLoop:
         """Build the network from the run's seed, move it to the device, make the optimizer and
         (distributed) the DDP wrapper. ``build`` may also load weights (inheritance)."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            net = build()
+            torch.default_generator.manual_seed(self.seed)  # the CPU stream only (torch.manual_seed also reseeds CUDA's)
+            net = build()  # on the CPU: the same seed builds the same weights for every device
             cpu_state = torch.get_rng_state()
         if self.device.type == "cpu":
             self.generator = torch.Generator()
