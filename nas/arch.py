@@ -28,7 +28,10 @@ from typing import Any, Iterator
 
 from nas.errors import ConfigError, check_keys
 
-SCHEMA_VERSION = 1
+# 2: blocks name the operator of their SE convs (``se_op``); version-1 files load with their old
+# meaning (SE convs computed with ``dw_op``).
+SCHEMA_VERSION = 2
+READS_SCHEMA_VERSIONS = (1, 2)
 OP_KINDS = ("mult", "shift", "add")
 ACTS = ("relu", "relu6", "hswish", "none")
 KERNEL_SIZES = (1, 3, 5, 7)
@@ -48,6 +51,20 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     if new_v < 0.9 * v:
         new_v += divisor
     return new_v
+
+
+def op_convention(op: str) -> dict[str, str]:
+    """The operator of every conv role in a ``mult``, ``shift`` or ``add`` model.
+
+    Roles: ``dense`` (stem, 1x1 expand / project convs, feature mix, post-pool), ``dw`` (depthwise),
+    ``se`` (the two SE convs, 1x1 convs on a 1x1 map), ``classifier``. Shift models shift every
+    conv; Add models add in the stem and every 1x1 conv, SE included, and multiply in depthwise
+    convs; the classifier always multiplies. This convention reproduces the paper's published
+    energies (README, "The paper's energy model").
+    """
+    if op not in OP_KINDS:
+        raise ConfigError("op", op, f"allowed: {', '.join(OP_KINDS)}")
+    return {"dense": op, "dw": "shift" if op == "shift" else "mult", "se": op, "classifier": "mult"}
 
 
 def conv_out_size(size: int, kernel_size: int, stride: int) -> int:
@@ -76,9 +93,10 @@ class BlockSpec:
     """An inverted residual block: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project.
 
     ``mid_channels`` is explicit (OFA files carry it; rounding rules differ between code bases).
-    ``expand_ratio == 1`` means no expand conv and ``mid_channels == in_channels``. ``op`` is the
-    operator of the 1x1 convs, ``dw_op`` that of the depthwise conv and of the SE convs (which act
-    per channel on the depthwise output, so the paper's conventions treat them alike).
+    ``expand_ratio == 1`` means no expand conv and ``mid_channels == in_channels``. Every conv names
+    its operator: ``op`` the 1x1 expand and project convs, ``dw_op`` the depthwise conv, ``se_op``
+    the two SE convs (1x1 convs on the pooled 1x1 map). A block without SE has no SE convs; its
+    ``se_op`` is kept equal to ``op`` so that it never tells two equal networks apart.
     ``shortcut``: identity shortcut; only possible with stride 1 and equal in/out channels. When a
     file leaves it out it is true exactly then (ProxylessNAS files switch it off for the first block).
     """
@@ -92,7 +110,12 @@ class BlockSpec:
     se_channels: int = 0
     op: str = "mult"
     dw_op: str = "mult"
+    se_op: str = "mult"
     shortcut: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.se_channels and self.se_op != self.op:
+            object.__setattr__(self, "se_op", self.op)
 
 
 @dataclass(frozen=True)
@@ -196,16 +219,14 @@ class Arch:
         """This arch with the paper's operator convention for a ``mult``, ``shift`` or ``add`` model.
 
         Shift models: every conv (stem, 1x1, depthwise, SE, feature mix, post-pool) is ShiftConv;
-        the classifier stays multiplicative. Add models: stem, 1x1 convs, feature mix and post-pool
-        are AddConv; depthwise (and SE) convs and the classifier stay multiplicative
-        (method.md section 9.3, the convention that reproduces the paper's energies).
+        the classifier stays multiplicative. Add models: the stem and every 1x1 conv (expand,
+        project, the SE convs, feature mix, post-pool) are AddConv; depthwise convs and the
+        classifier stay multiplicative (``op_convention``).
         """
-        if op not in OP_KINDS:
-            raise ConfigError("op", op, f"allowed: {', '.join(OP_KINDS)}")
-        dense = op
-        dw = "shift" if op == "shift" else "mult"
+        ops = op_convention(op)
+        dense = ops["dense"]
         stages = tuple(
-            StageSpec(tuple(dataclasses.replace(b, op=dense, dw_op=dw) for b in s.blocks)) for s in self.stages
+            StageSpec(tuple(dataclasses.replace(b, op=dense, dw_op=ops["dw"], se_op=ops["se"]) for b in s.blocks)) for s in self.stages
         )
         return dataclasses.replace(
             self,
@@ -213,7 +234,7 @@ class Arch:
             stages=stages,
             feature_mix=None if self.feature_mix is None else dataclasses.replace(self.feature_mix, op=dense),
             post_pool=None if self.post_pool is None else dataclasses.replace(self.post_pool, op=dense),
-            classifier=dataclasses.replace(self.classifier, op="mult"),
+            classifier=dataclasses.replace(self.classifier, op=ops["classifier"]),
         )
 
     @property
@@ -308,6 +329,7 @@ _FLAT_BLOCK_KEYS = {
     "se": "se_channels",
     "op": "op",
     "dwop": "dw_op",
+    "seop": "se_op",
     "res": "shortcut",
 }
 
@@ -362,8 +384,8 @@ def _conv_from_dict(d: Any, where: str, default_k: int, default_s: int) -> ConvS
     )
 
 
-def _block_from_dict(d: Any, where: str, in_channels: int) -> BlockSpec:
-    keys = {f.name: () for f in dataclasses.fields(BlockSpec)}
+def _block_from_dict(d: Any, where: str, in_channels: int, schema_version: int = SCHEMA_VERSION) -> BlockSpec:
+    keys = {f.name: () for f in dataclasses.fields(BlockSpec) if schema_version > 1 or f.name != "se_op"}
     check_keys(d, where, keys, ("kernel_size", "expand_ratio", "out_channels"))
     e = d["expand_ratio"]
     if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e <= 0:
@@ -383,6 +405,11 @@ def _block_from_dict(d: Any, where: str, in_channels: int) -> BlockSpec:
         raise ConfigError(f"{where}.shortcut", shortcut, "expected true or false")
     if shortcut and not fits:
         raise ConfigError(f"{where}.shortcut", shortcut, f"an identity shortcut needs stride 1 and out_channels == in_channels ({in_channels})")
+    op = _choice(d, "op", where, OP_KINDS, "mult")
+    dw_op = _choice(d, "dw_op", where, OP_KINDS, "mult")
+    # Version 1 computed the SE convs with dw_op; a missing se_op follows the 1x1 convs (the
+    # convention of every MF model, Arch.with_ops).
+    se_op = dw_op if schema_version == 1 else _choice(d, "se_op", where, OP_KINDS, op)
     return BlockSpec(
         kernel_size=ks,
         expand_ratio=float(e),
@@ -392,8 +419,9 @@ def _block_from_dict(d: Any, where: str, in_channels: int) -> BlockSpec:
         shortcut=shortcut,
         act=_choice(d, "act", where, ACTS, "relu6", _ACT_ALIASES),
         se_channels=_int(d, "se_channels", where, lo=0, default=0),
-        op=_choice(d, "op", where, OP_KINDS, "mult"),
-        dw_op=_choice(d, "dw_op", where, OP_KINDS, "mult"),
+        op=op,
+        dw_op=dw_op,
+        se_op=se_op,
     )
 
 
@@ -403,8 +431,8 @@ _ARCH_KEYS = {f.name: () for f in dataclasses.fields(Arch)} | {"schema_version":
 def _arch_from_dict(d: Any, where: str) -> Arch:
     check_keys(d, where, _ARCH_KEYS, ("resolution", "num_classes", "stem", "stages"))
     sv = d.get("schema_version", SCHEMA_VERSION)
-    if sv != SCHEMA_VERSION:
-        raise ConfigError(f"{where}.schema_version", sv, f"this version of shiftaddaug reads schema_version {SCHEMA_VERSION}")
+    if isinstance(sv, bool) or sv not in READS_SCHEMA_VERSIONS:
+        raise ConfigError(f"{where}.schema_version", sv, f"this version of shiftaddaug reads schema_version {', '.join(map(str, READS_SCHEMA_VERSIONS))}")
     name = d.get("name", "arch")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}.name", name, "expected a non-empty string")
@@ -421,7 +449,7 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
             raise ConfigError(f"{sw}.blocks", s["blocks"], "expected a non-empty list of blocks")
         blocks = []
         for j, b in enumerate(s["blocks"]):
-            blk = _block_from_dict(b, f"{sw}.blocks[{j}]", c)
+            blk = _block_from_dict(b, f"{sw}.blocks[{j}]", c, sv)
             blocks.append(blk)
             c = blk.out_channels
         stages.append(StageSpec(tuple(blocks)))

@@ -196,7 +196,7 @@ def _lut_build(args: argparse.Namespace) -> int:
     import random
 
     from nas.arch import Arch
-    from nas.cost.lut import LookupTable, arch_list_layers, space_layers
+    from nas.cost.lut import LookupTable, arch_list_layers, conventions_header, space_layers
     from nas.paths import LATENCY_TABLES
     from nas.space import SearchSpace
 
@@ -239,6 +239,8 @@ def _lut_build(args: argparse.Namespace) -> int:
             return LookupTable.for_latency(args.device, args.threads, args.warmup, args.repeats, args.batch, **extra)
 
     table = LookupTable.open(out, create)
+    # how the rows were chosen: the (last) build command and the operator conventions it covered
+    table.header.update(conventions_header(ops), command=_lut_command(args))
     before = len(table)
     progress = not args.no_progress
     if table.kind == "latency" and space is not None:
@@ -263,6 +265,17 @@ def _lut_build(args: argparse.Namespace) -> int:
         table.save()
     print(f"{out}: {len(table)} rows ({added} added, {before} already there){calibrated}")
     return 0
+
+
+def _lut_command(args: argparse.Namespace) -> str:
+    """The ``shiftaddaug-lut build`` command line of ``args`` (options that change the rows only)."""
+    src = f"--space {args.space}" if args.space else " ".join(f"--arch {a}" for a in args.arch)
+    parts = ["shiftaddaug-lut build", src, f"--kind {args.kind}", f"--op {args.op}", f"--batch {args.batch}"]
+    if args.kind == "energy":
+        parts += [f"--hardware {args.hardware}", f"--bits {args.bits}"]
+    else:
+        parts += [f"--device {args.device}", f"--threads {args.threads}", f"--warmup {args.warmup}", f"--repeats {args.repeats}"]
+    return " ".join(parts)
 
 
 def _lut_show(args: argparse.Namespace) -> int:
@@ -478,7 +491,7 @@ def _run_device(run_dir: str) -> str | None:
 @_friendly
 def search_main(argv: Sequence[str] | None = None) -> int:
     from nas.data import DATASETS
-    from nas.search.pipeline import PRESETS, SearchConfig, SearchRun
+    from nas.search.pipeline import PRESETS, SearchConfig, SearchRun, budget_preview, preview_text
 
     d = SearchConfig()
     p = argparse.ArgumentParser(
@@ -491,6 +504,8 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         "  shiftaddaug-search                               # the default job: quick preset, bundled data\n"
         "  shiftaddaug-search --budget 0.015mJ --op add\n"
         "  shiftaddaug-search --budget 20mJ --preset paper --dataset cifar100 --data-root ~/data/cifar-100-python\n"
+        "  shiftaddaug-search --budget 20mJ --preset imagenet --op add --dry-run   # where the budget lies, no data read\n"
+        "  shiftaddaug-search --budget 20mJ --preset imagenet --data-root ~/data/imagenet   # train/ and val/ class folders\n"
         "  shiftaddaug-search --resume runs/20261127-130000-search-shift-0.02mJ",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -498,10 +513,12 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--op", choices=("shift", "add"), default=d.op, help=f"multiplication-free operator of the TargetNet (default {d.op})")
     p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset,
                    help="quick: minutes on a laptop CPU with the bundled data; paper: the paper's recipe on one GPU "
-                   "(CIFAR-100 at 160 px, 250 epochs of final training; docs/paper-recipe.md)")
-    p.add_argument("--space", help="search space YAML file or shipped name (default: the preset's: tiny / paper160)")
+                   "(CIFAR-100 at 160 px, 250 epochs of final training; docs/paper-recipe.md); "
+                   "imagenet: 224 px, 1000 classes, an image folder (--data-root), GPU-weeks")
+    p.add_argument("--space", help="search space YAML file or shipped name (default: the preset's: tiny / paper160 / mobile224)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset,
-                   help="default: the preset's (quick: mnist5k, paper: cifar100); " + "; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
+                   help="default: the preset's (cifar100 for paper, folder for imagenet), else mnist5k; "
+                   + "; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
     p.add_argument("--data-root", metavar="PATH", help="dataset location (CIFAR python folder or image folder)")
     add_device_args(p)
     p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (default 0)")
@@ -517,6 +534,11 @@ def search_main(argv: Sequence[str] | None = None) -> int:
                         ("final-epochs", "epochs of ShiftAddAug training"), ("batch-size", "batch size"),
                         ("max-train-images", "train on the first N images"), ("eval-images", "validation images per evaluation")):
         g.add_argument(f"--{name}", type=int, help=help_)
+    p.add_argument("--dry-run", action="store_true",
+                   help="only price the space: its cheapest and dearest network for --op against the budget, and whether the "
+                   "budget binds (and where it would, if not); reads no data, writes nothing")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: the --dry-run preview, or the run's summary (implies --quiet)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     from nas.train.distributed import launched_by_torchrun
@@ -524,11 +546,22 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     if launched_by_torchrun():
         raise ConfigError("torchrun", "shiftaddaug-search", "the search runs data-parallel through --ray-address; "
                           "torchrun takes shiftaddaug-train")
+    if args.dry_run:
+        if args.resume:
+            cfg = SearchRun.resume(args.resume, progress=False).cfg
+        else:
+            cfg = SearchConfig(budget=args.budget, op=args.op, preset=args.preset, space=args.space, dataset=args.dataset,
+                               data_root=args.data_root, hardware=args.hardware, bits=args.bits)
+        info = budget_preview(cfg)
+        print(json.dumps(info, sort_keys=True) if args.json else preview_text(info))
+        return 0
+    args.quiet = args.quiet or args.json  # stdout carries the JSON object only
     if args.resume:
         run = SearchRun.resume(args.resume, progress=not args.quiet)
         if args.device:  # continue the remaining steps on another device
             run.cfg.device = args.device
-        print(f"resuming {args.resume}; finished steps: {', '.join(run.state['done']) or 'none'}")
+        print(f"resuming {args.resume}; finished steps: {', '.join(run.state['done']) or 'none'}",
+              file=sys.stderr if args.json else sys.stdout)
     else:
         cfg = SearchConfig(budget=args.budget, op=args.op, preset=args.preset, space=args.space, dataset=args.dataset,
                            data_root=args.data_root, hardware=args.hardware, bits=args.bits, seed=args.seed,
@@ -542,15 +575,21 @@ def search_main(argv: Sequence[str] | None = None) -> int:
             check_ray(args.ray_address)
         run = SearchRun(cfg, args.out or default_run_dir(f"search-{args.op}-{args.budget.replace(' ', '')}"), progress=not args.quiet)
     s = run.run()
+    if args.json:
+        print(json.dumps(s, sort_keys=True))
+        return 0
     print()
     print(_search_table(run, s))
     return 0
 
 
 def _search_table(run, s: dict) -> str:
+    from nas.search.pipeline import binds_in_text
+
     rows = [
         ("run directory", str(run.out)),
-        ("budget", f"{s['budget']}" + ("" if s["budget_binding"] else f"  (does not bind: the largest network costs {s['space_cost_range'][1]:.4g})")),
+        ("budget", f"{s['budget']}" + ("" if s["budget_binding"] else f"  (does not bind: the largest network costs {s['space_cost_range'][1]:.4g}; "
+                                                                      f"{binds_in_text({'binds_in': s['binds_in'], 'op': s['op'], 'unit': run.budget.unit})})")),
         ("TargetNet cost", f"{s['energy_mJ']:.4g} mJ, {s['latency_ms']:.4g} ms  ({'meets' if s['meets_budget'] else 'MISSES'} the budget)"),
         ("TargetNet size", f"{s['macs'] / 1e6:.3f} M MACs, {s['params'] / 1e6:.4f} M params, operator {s['op']}"),
         ("accuracy", f"test {s['accuracy']['test']:.2f}%  val {s['accuracy']['val']:.2f}%  (supernet estimate {s['accuracy']['supernet_estimate']:.2f}%)"),

@@ -42,7 +42,7 @@ def test_canonical_json_sorted_and_versioned():
     a = Arch.from_dict(tiny_dict())
     text = a.to_json(indent=None)
     d = json.loads(text)
-    assert d["schema_version"] == 1
+    assert d["schema_version"] == 2
     assert text == json.dumps(d, sort_keys=True)
     # the id ignores the name but not the structure
     assert a.replace(name="other").arch_id == a.arch_id
@@ -91,7 +91,9 @@ def _bad(mutate):
         (lambda d: d["stages"][0].update(blocks=[]), "arch.stages[0].blocks", "non-empty"),
         (lambda d: d.update(resolution=4), "arch.resolution", ">= 8"),
         (lambda d: d.update(num_classes=0), "arch.num_classes", ">= 1"),
-        (lambda d: d.update(schema_version=7), "arch.schema_version", "schema_version 1"),
+        (lambda d: d.update(schema_version=7), "arch.schema_version", "schema_version 1, 2"),
+        (lambda d: d["stages"][1]["blocks"][1].update(se_op="both"), "arch.stages[1].blocks[1].se_op", "mult, shift, add"),
+        (lambda d: (d.update(schema_version=1), d["stages"][1]["blocks"][1].update(se_op="add")), "arch.stages[1].blocks[1].se_op", "unknown key"),
         (lambda d: d["stem"].update(kernel_size=2), "arch.stem.kernel_size", "1, 3, 5, 7"),
         (lambda d: d.update(feature_mix={"out_channels": 8, "kernel_size": 3}), "arch.feature_mix", "1x1"),
         (lambda d: d.update(classifier={"dropout": 1.5}), "arch.classifier.dropout", "[0, 1)"),
@@ -133,12 +135,56 @@ def test_save_load(tmp_path):
 def test_with_ops_conventions():
     s = zoo_arch("mbv3-w0.35", "shift")
     assert s.stem.op == "shift" and s.classifier.op == "mult" and s.post_pool.op == "shift"
-    assert all(b.op == "shift" and b.dw_op == "shift" for _, _, b in s.blocks())
+    assert all(b.op == "shift" and b.dw_op == "shift" and b.se_op == "shift" for _, _, b in s.blocks())
     a = zoo_arch("mbv3-w0.35", "add")
-    assert a.stem.op == "add" and a.feature_mix.op == "add" and a.classifier.op == "mult"
-    assert all(b.op == "add" and b.dw_op == "mult" for _, _, b in a.blocks())
+    assert a.stem.op == "add" and a.feature_mix.op == "add" and a.post_pool.op == "add" and a.classifier.op == "mult"
+    # the paper's Add convention: every 1x1 conv adds, the SE convs included; depthwise multiplies
+    assert all(b.op == "add" and b.dw_op == "mult" and b.se_op == "add" for _, _, b in a.blocks())
+    assert sum(1 for _, _, b in a.blocks() if b.se_channels) == 8  # MobileNetV3-Large: 3 + 2 + 3 SE blocks
+    assert all(b.se_op == "mult" for _, _, b in a.with_ops("mult").blocks())
     with pytest.raises(ConfigError):
         a.with_ops("both")
+
+
+def _v1_add_dict():
+    """A version-1 file of an Add model (as written before blocks had ``se_op``)."""
+    d = tiny_dict()
+    d["schema_version"] = 1
+    d["stem"]["op"] = d["feature_mix"]["op"] = "add"
+    for s in d["stages"]:
+        for b in s["blocks"]:
+            b.update(op="add", dw_op="mult")
+    return d
+
+
+def test_schema_v1_loads_with_its_old_meaning():
+    d = _v1_add_dict()
+    a = Arch.from_dict(d)
+    se_block = a.stages[1].blocks[1]
+    assert se_block.se_channels == 8 and se_block.se_op == "mult"  # v1 computed SE convs with dw_op
+    assert a.op_kind == "mixed"  # not the Add convention any more: its SE convs multiply
+    assert a.with_ops("add").stages[1].blocks[1].se_op == "add"
+    # without SE blocks a v1 Add file is exactly an Add model (se_op does not exist there)
+    d["stages"][1]["blocks"][1].pop("se_channels")
+    b = Arch.from_dict(d)
+    assert b.op_kind == "add" and b == b.with_ops("add")
+    # written back it is version 2 with the operator of every conv explicit, and reads the same
+    d2 = json.loads(a.to_json())
+    assert d2["schema_version"] == 2 and d2["stages"][1]["blocks"][1]["se_op"] == "mult"
+    assert Arch.from_dict(d2) == a
+
+
+def test_se_op_defaults_and_canonical_form():
+    d = _v1_add_dict()
+    del d["schema_version"]  # current version: a missing se_op follows the 1x1 convs (op)
+    a = Arch.from_dict(d)
+    assert a.stages[1].blocks[1].se_op == "add" and a.op_kind == "add"
+    # a block without SE has no SE convs: its se_op is kept equal to op whatever is given
+    d["stages"][1]["blocks"][0]["se_op"] = "shift"
+    assert Arch.from_dict(d) == a and Arch.from_dict(d).stages[1].blocks[0].se_op == "add"
+    d["stages"][1]["blocks"][1]["se_op"] = "mult"
+    m = Arch.from_dict(d)
+    assert m.op_kind == "mixed" and m.to_flat()["s1_b1_seop"] == "mult" and Arch.from_flat(m.to_flat()) == m
 
 
 def test_op_kind_mixed():

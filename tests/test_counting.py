@@ -51,6 +51,44 @@ def test_depthwise_pointwise_linear_se_pool_residual():
     assert (res.adds, res.mults) == (256, 0)
 
 
+def test_se_block_in_add_model_hand_computed():
+    """One SE block of an Add model (the paper's convention: the SE convs are AddConv, 1x1 convs on
+    the pooled 1x1 map; only the depthwise conv and the classifier multiply)."""
+    arch = Arch.from_dict({
+        "name": "se-add", "resolution": 16, "num_classes": 10,
+        "stem": {"out_channels": 8, "kernel_size": 3, "stride": 2},  # 16 -> 8
+        "stages": [{"blocks": [{"kernel_size": 3, "expand_ratio": 2, "out_channels": 8, "se_channels": 8}]}],
+    }).with_ops("add")
+    rows = {r.layer.name: r for r in count_ops(arch).rows}
+    got = {n: (r.layer.op, r.macs, r.mults, r.adds, r.shifts, r.params) for n, r in rows.items()}
+    assert got == {
+        "stem": ("add", 27 * 512, 0, (2 * 27 - 1) * 512, 0, 3 * 8 * 9 + 16),
+        "s0.b0.expand": ("add", 8 * 1024, 0, (2 * 8 - 1) * 1024, 0, 8 * 16 + 32),
+        "s0.b0.dw": ("mult", 9 * 1024, 9 * 1024, 8 * 1024, 0, 16 * 9 + 32),
+        "s0.b0.se.pool": ("mult", 0, 16, 16 * 63, 0, 0),
+        # 16 -> 8 with bias: 8 outputs of 16 subtractions + 15 accumulations + 1 bias add
+        "s0.b0.se.reduce": ("add", 128, 0, 8 * (2 * 16 - 1) + 8, 0, 16 * 8 + 8),
+        "s0.b0.se.expand": ("add", 128, 0, 16 * (2 * 8 - 1) + 16, 0, 8 * 16 + 16),
+        "s0.b0.se.gate": ("mult", 0, 16 * 64, 0, 0, 0),
+        "s0.b0.project": ("add", 16 * 512, 0, (2 * 16 - 1) * 512, 0, 16 * 8 + 16),
+        "s0.b0.residual": ("mult", 0, 0, 512, 0, 0),
+        "pool": ("mult", 0, 8, 8 * 63, 0, 0),
+        "classifier": ("mult", 80, 80, 7 * 10 + 10, 0, 90),
+    }
+    t = count_ops(arch).totals
+    assert (t["macs"], t["mults"], t["adds"], t["shifts"]) == (39760, 10344, 69176, 0)
+    # the built model has AdderConv2d SE convs and the same counts, layer by layer
+    from nas.ops.adder import AdderConv2d
+
+    model = build_model(arch)
+    se = model.stages[0][0].se
+    assert isinstance(se.reduce, AdderConv2d) and isinstance(se.expand, AdderConv2d)
+    hooked = {h["name"]: (h["macs"], h["mults"], h["adds"], h["shifts"]) for h in count_module_ops(model, (1, 3, 16, 16))}
+    assert hooked["stages.0.0.se.reduce"] == got["s0.b0.se.reduce"][1:5]
+    assert hooked["stages.0.0.se.expand"] == got["s0.b0.se.expand"][1:5]
+    assert t["params"] == sum(p.numel() for p in model.parameters())
+
+
 def test_batch_scales_linearly():
     a = zoo_arch("mcunet", "shift", 64, 10)
     one, four = count_ops(a).totals, count_ops(a, batch=4).totals

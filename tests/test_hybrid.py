@@ -1,5 +1,6 @@
 """Hybrid layers and the DynamicNet: MF prefix semantics, weight sharing, export equality."""
 
+import json
 import random
 
 import pytest
@@ -112,9 +113,9 @@ def test_subnets_of_the_space_export_exactly(tiny_space):
             net.train()
 
 
-@pytest.mark.parametrize("op", ["shift", "add"])
-@pytest.mark.parametrize("name", ["mbv2-w0.35", "mbv3-w0.35"])
-def test_trained_hybrid_target_exports_exactly_and_mf_only(name, op):
+def _trained_target(name: str, op: str):
+    """A DynamicNet after two real ShiftAddAug steps (target pass, then hybrid augmented pass),
+    left in target mode with BN re-estimated; returns (net, target, x)."""
     torch.manual_seed(0)
     target = zoo_arch(name, op, 32, 10)
     sub, tb = subnet_for(target, 1)
@@ -133,20 +134,85 @@ def test_trained_hybrid_target_exports_exactly_and_mf_only(name, op):
         opt.zero_grad()
     net.set_active_subnet(target, tb)
     reset_bn(net, [(x, None)])
-    net.eval()
+    return net.eval(), target, x
+
+
+@pytest.mark.parametrize("op", ["shift", "add"])
+@pytest.mark.parametrize("name", ["mbv2-w0.35", "mbv3-w0.35"])
+def test_trained_hybrid_target_exports_exactly_and_mf_only(name, op):
+    net, target, x = _trained_target(name, op)
     static = net.get_active_subnet().eval()
     assert torch.allclose(net(x), static(x), atol=1e-5)
     plain = [n for n, m in static.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
     if op == "shift":
         assert plain == ["classifier"]
-    else:  # Add models keep depthwise (and SE) convs and the classifier multiplicative
-        assert all(n == "classifier" or n.endswith("dw.conv") or ".se." in n for n in plain)
+    else:  # Add models keep depthwise convs and the classifier multiplicative; SE convs add
+        assert all(n == "classifier" or n.endswith("dw.conv") for n in plain), plain
         assert any(isinstance(m, AdderConv2d) for m in static.modules())
+        se = [m for n, m in static.named_modules() if n.endswith((".se.reduce", ".se.expand"))]
+        assert len(se) == (16 if name == "mbv3-w0.35" else 0)
+        assert all(isinstance(m, AdderConv2d) for m in se)
     if op == "shift":
         w = static.stem.conv.weight.abs()
         nz = w[w > 0]
         assert torch.equal(torch.log2(nz), torch.log2(nz).round())  # stored as powers of two
         assert isinstance(static.stem.conv, ShiftConv2d)
+
+
+def test_se_convs_of_an_add_target_are_hybrid():
+    """In the augmented pass, the SE convs of an Add TargetNet compute the target's channels with
+    AddConv on remapped weights and the augmented channels multiplicatively."""
+    torch.manual_seed(0)
+    target = zoo_arch("mbv3-w0.35", "add", 32, 10)
+    sub, tb = subnet_for(target, 0)
+    aug = Augmenter(target, tb, sub)
+    net = DynamicNet(aug.max_arch, op_options={"add": {"eta": None}})
+    a, b = aug.sample(random.Random(0), 0.0)
+    net.set_active_subnet(a, b, target=target, target_blocks=tb)
+    checked = 0
+    for (i, j, tblk), ablk in zip(target.blocks(), (blk for _, _, blk in a.blocks())):
+        if not tblk.se_channels:
+            continue
+        se = net.stages[i][j].se
+        assert (se.reduce.mf_op, se.reduce.mf_out, se.reduce.mf_in) == ("add", tblk.se_channels, tblk.mid_channels)
+        assert (se.expand.mf_op, se.expand.mf_out, se.expand.mf_in) == ("add", tblk.mid_channels, tblk.se_channels)
+        assert se.reduce.active_out == ablk.se_channels and se.expand.active_out == ablk.mid_channels
+        checked += 1
+    assert checked == 8 and any(x.se_channels > y.se_channels for x, y in zip((k for _, _, k in a.blocks()), (k for _, _, k in target.blocks())))
+    # one SE reduce conv against the formula: Y_t = Add(X_t; R(W_tt)) + bias, Y_a = MConv(X; W_a)
+    i, j, tblk = next((i, j, blk) for i, j, blk in target.blocks() if blk.se_channels)
+    conv = net.stages[i][j].se.reduce
+    ablk = a.stages[i].blocks[j]
+    x = torch.randn(2, ablk.mid_channels, 1, 1)
+    n, m = tblk.se_channels, tblk.mid_channels
+    w = conv.weight[: ablk.se_channels, : ablk.mid_channels]
+    yt = _mf("add", x[:, :m], conv.remap(w[:n, :m]), 1, 0, 1) + F.conv2d(x[:, m:], w[:n, m:])
+    ya = F.conv2d(x, w[n:])
+    want = torch.cat([yt, ya], 1) + conv.bias[: ablk.se_channels].view(1, -1, 1, 1)
+    assert torch.allclose(conv(x), want, atol=1e-5)
+
+
+def test_exported_se_add_target_files_and_onnx(tmp_path):
+    """An Add TargetNet with SE blocks through the export files: arch.json names add SE convs,
+    the rebuilt network's logits equal the trained target's, and its ONNX file (adders as
+    standard operators) matches onnxruntime."""
+    from nas.export import export_target, load_exported
+
+    net, target, x = _trained_target("mbv3-w0.35", "add")
+    info = export_target(net, tmp_path, x, op_options={})
+    saved = json.loads((tmp_path / "arch.json").read_text())
+    se_ops = [b["se_op"] for s in saved["stages"] for b in s["blocks"] if b["se_channels"]]
+    assert saved["schema_version"] == 2 and se_ops == ["add"] * 8
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["op"] == "add" and all(n == "classifier" or n.endswith("dw.conv") for n in meta["multiplicative_layers"])
+    model = load_exported(tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(model(x), net(x), atol=1e-5) and info["max_abs_logit_diff"] < 1e-5
+    pytest.importorskip("onnxruntime")
+    from nas.onnx_export import export_onnx
+
+    r = export_onnx(model, tmp_path / "model.onnx", 32)  # raises when onnxruntime disagrees
+    assert {"Abs", "ReduceSum", "Sub"} <= set(r["ops"]) and r["max_abs_diff_fp64"] <= r["tolerance"]
 
 
 def test_target_block_subset_skips_augmented_depth():

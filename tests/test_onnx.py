@@ -100,6 +100,9 @@ def test_zoo_model_matches_pytorch(tmp_path, name, op):
     assert meta["arch_id"] == net.arch.arch_id and meta["op"] == op
     if op == "add":
         assert {"Abs", "ReduceSum", "Sub"} <= set(info["ops"])
+        # SE convs of an Add model are adders too (MobileNetV3: 16 of them, on a 1x1 map)
+        se = [m for n, m in net.named_modules() if n.endswith((".se.reduce", ".se.expand"))]
+        assert len(se) == (16 if name == "mbv3-w0.35" else 0) and all(isinstance(m, AdderConv2d) for m in se)
     if op == "shift":
         # BatchNorm is not folded into the convolutions: shift weights stay signed powers of two.
         inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}

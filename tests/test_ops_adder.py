@@ -35,6 +35,11 @@ CONV_CASES = [
     pytest.param(2, 10, 13, (11, 13), 3, 1, 1, 1, 1, False, id="ragged-tiles"),
     pytest.param(2, 6, 4, (9, 6), (3, 2), (1, 2), (1, 0), (2, 1), 2, True, id="rect-kernel"),
     pytest.param(2, 1, 5, (6, 6), 3, 1, 1, 1, 1, False, id="single-input-channel"),
+    # rows a multiple of the vector width: the C++ kernels read the image in place ("direct" panels),
+    # with a packed tail panel (3 x 16 positions) and a strided/dilated variant
+    pytest.param(2, 5, 7, (3, 16), 3, 1, 1, 1, 1, True, id="aligned-rows-tail"),
+    pytest.param(1, 4, 6, (5, 32), 3, (2, 1), 2, 2, 2, False, id="aligned-rows-dil2-groups2"),
+    pytest.param(2, 6, 3, (4, 16), 1, 1, 0, 1, 1, False, id="aligned-rows-pointwise"),
 ]
 
 

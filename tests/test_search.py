@@ -132,9 +132,10 @@ def test_pipeline_end_to_end(tmp_path):
 
 def test_budget_that_does_not_bind(tmp_path):
     run = SearchRun(SearchConfig(budget="20mJ", **SMALL), tmp_path / "r", progress=False)
-    run.setup()
-    info = run.check_budget()
-    assert not info["binding"] and info["largest"] < 20
+    info = run.check_budget()  # no setup: the price check reads no data
+    assert not info["binds"] and info["feasible"] and info["cost_range"][1] < 20
+    assert [p["space"] for p in info["binds_in"]] == ["mobile224"] and info["binds_in"][0]["presets"] == ["imagenet"]
+    assert not (tmp_path / "r").exists()
 
 
 def test_infeasible_budget_stops_before_training(tmp_path):

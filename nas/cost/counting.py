@@ -117,8 +117,8 @@ def arch_layers(arch: Arch) -> list[Layer]:
         layers.append(Layer(f"{p}.dw", "depthwise", b.dw_op, mid, mid, b.kernel_size, b.stride, mid, hw, out, bn=True))
         if b.se_channels:
             layers.append(Layer(f"{p}.se.pool", "se", "mult", mid, mid, 1, 1, 1, out, 1))
-            layers.append(Layer(f"{p}.se.reduce", "se", b.dw_op, mid, b.se_channels, 1, 1, 1, 1, 1, bias=True))
-            layers.append(Layer(f"{p}.se.expand", "se", b.dw_op, b.se_channels, mid, 1, 1, 1, 1, 1, bias=True))
+            layers.append(Layer(f"{p}.se.reduce", "se", b.se_op, mid, b.se_channels, 1, 1, 1, 1, 1, bias=True))
+            layers.append(Layer(f"{p}.se.expand", "se", b.se_op, b.se_channels, mid, 1, 1, 1, 1, 1, bias=True))
             layers.append(Layer(f"{p}.se.gate", "se", "mult", mid, mid, 1, 1, 1, out, out))
         layers.append(Layer(f"{p}.project", "pointwise", b.op, mid, b.out_channels, 1, 1, 1, out, out, bn=True))
         if has_shortcut(cin, b):

@@ -28,9 +28,12 @@ conv has C = 1), kernel R = S, M outputs of E x F:
   times faster).
 * Selected tiling: the first minimiser of (E - E_min)/E_max + (L - L_min)/L_max.
 
-Conventions of the paper's accounting (method.md 9.3): only convs and linears are charged (SE
-convs as 1x1 convs on a 1x1 map); BN, activations, pooling, SE gating and residual adds cost
-nothing. A network's energy / latency is the sum over its layers (``nas.cost.counting.arch_layers``).
+Conventions of the paper's accounting: only convs and linears are charged (SE convs as 1x1 convs
+on a 1x1 map); BN, activations, pooling, SE gating and residual adds cost nothing. A network's
+energy / latency is the sum over its layers (``nas.cost.counting.arch_layers``), each priced with
+its own operator; which conv computes with which operator is the Arch's (``nas.arch.op_convention``
+for mult / shift / add models: Add models add in the stem and every 1x1 conv, SE convs included,
+and multiply in depthwise convs and the classifier).
 
 Departures from the reference, all documented in ``latency_tables/README.md``: latency is reported
 in ms (the reference's "ms" is seconds); 16-bit operands get parameters from the hardware file (the

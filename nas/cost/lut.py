@@ -635,7 +635,27 @@ def energy_table(
     hw.precision(bits)
     p = Path(path) if path is not None else LATENCY_TABLES / f"{space.name}-{hw.name}-{bits}bit-energy.csv"
     t = LookupTable.open(p, lambda: LookupTable.for_energy(hw, bits, space=space.name, ops=list(ops)))
+    t.header.update(conventions_header(ops))
     t.build_space(space, ops, progress=progress)
+    return t
+
+
+def shipped_energy_table(space, hardware=None, bits: int = 32) -> LookupTable | None:
+    """The shipped energy table of ``space`` (``latency_tables/<space>-<hardware>-<bits>bit-energy.csv``)
+    when it was built for this hardware (same fingerprint), width and batch 1, detached from its
+    file: rows priced on the way (e.g. another class count) stay in memory. None otherwise."""
+    from nas.cost.energy import load_hardware
+    from nas.paths import LATENCY_TABLES
+
+    hw = load_hardware(hardware)
+    p = LATENCY_TABLES / f"{space.name}-{hw.name}-{bits}bit-energy.csv"
+    if not p.is_file():
+        return None
+    t = LookupTable.load(p)
+    want = {"kind": "energy", "hardware": hw.name, "hardware_fingerprint": hw.fingerprint, "bits": bits, "batch": 1}
+    if any(t.header.get(k) != v for k, v in want.items()):
+        return None
+    t.path, t._hw = None, hw
     return t
 
 
@@ -643,13 +663,19 @@ def energy_table(
 # layer shapes of a search space / a list of archs
 
 
+def conventions_header(ops: Sequence[str]) -> dict:
+    """Header entry recording the operator of every conv role under each covered convention
+    (``nas.arch.op_convention``), so a table says which convention its rows were chosen for."""
+    from nas.arch import op_convention
+
+    return {"conventions": {op: op_convention(op) for op in ops}}
+
+
 def _op_for(role: str, op: str) -> str:
     """The operator of a layer role under a model's convention (``Arch.with_ops``)."""
-    if role == "dense":
-        return op
-    if role == "dw":
-        return "shift" if op == "shift" else "mult"
-    return "mult"  # classifier, pooling, gating, residual
+    from nas.arch import op_convention
+
+    return op_convention(op).get(role, "mult")  # pooling, gating, residual: "mult"
 
 
 def space_layers(space, ops: Sequence[str] = ("mult",)) -> list[tuple[Layer, str]]:
@@ -684,7 +710,7 @@ def _space_items(space, ops: Sequence[str]) -> list[tuple[Layer, str, str, dict]
         return {"stem_out": c} if i == 0 else {f"s{i - 1}_out": c}
 
     for op in ops:
-        dense, dw = _op_for("dense", op), _op_for("dw", op)
+        dense, dw, se = _op_for("dense", op), _op_for("dw", op), _op_for("se", op)
         st = space.stem
         hw = space.resolution
         hw_out = conv_out_size(hw, st.kernel_size, st.stride)
@@ -713,8 +739,8 @@ def _space_items(space, ops: Sequence[str]) -> list[tuple[Layer, str, str, dict]
                                 if s.se:
                                     sc = se_channels(mid)
                                     put(Layer(f"{p}.se.pool", "se", "mult", mid, mid, 1, 1, 1, h_out, 1), "none", op, g)
-                                    put(Layer(f"{p}.se.reduce", "se", dw, mid, sc, 1, 1, 1, 1, 1, bias=True), "none", op, g)
-                                    put(Layer(f"{p}.se.expand", "se", dw, sc, mid, 1, 1, 1, 1, 1, bias=True), "none", op, g)
+                                    put(Layer(f"{p}.se.reduce", "se", se, mid, sc, 1, 1, 1, 1, 1, bias=True), "none", op, g)
+                                    put(Layer(f"{p}.se.expand", "se", se, sc, mid, 1, 1, 1, 1, 1, bias=True), "none", op, g)
                                     put(Layer(f"{p}.se.gate", "se", "mult", mid, mid, 1, 1, 1, h_out, h_out), "none", op, g)
                                 put(Layer(f"{p}.project", "pointwise", dense, mid, cout, 1, 1, 1, h_out, h_out, bn=True), "none", op, g)
                                 if stride == 1 and cin == cout:

@@ -67,7 +67,7 @@ class MBConv(nn.Module):
         mid = b.mid_channels
         self.expand = None if b.expand_ratio == 1 else ConvBNAct(b.op, cin, mid, 1, act=b.act, op_options=op_options)
         self.dw = ConvBNAct(b.dw_op, mid, mid, b.kernel_size, b.stride, groups=mid, act=b.act, op_options=op_options)
-        self.se = SqueezeExcite(b.dw_op, mid, b.se_channels, op_options) if b.se_channels else None
+        self.se = SqueezeExcite(b.se_op, mid, b.se_channels, op_options) if b.se_channels else None
         self.project = ConvBNAct(b.op, mid, b.out_channels, 1, act="none", op_options=op_options)
         self.shortcut = has_shortcut(cin, b)
 

@@ -1,7 +1,10 @@
 """``shiftaddaug-search``: the whole job, one run directory, resumable at every step.
 
-    0. price list      the space's layer shapes priced into ``lut.csv`` (energy model or table);
-                       an impossible budget stops here, before any training
+    0. budget check    the cheapest and dearest network of the space for the run's operator,
+                       priced before any data is read (``budget_preview``, also
+                       ``shiftaddaug-search --dry-run``): an impossible budget stops here, a budget
+                       that does not bind is said so, both naming the shipped spaces where it binds;
+                       then the price list: the space's layer shapes priced into ``lut.csv``
     1. supernet        hybrid once-for-all supernet (``supernet.pt``, ``supernet_log.json``)
     2. stage one       evolution for the depth-augmented SubNet (``stage1.json`` checkpoint,
                        ``population.csv``, ``subnet.json``)
@@ -42,9 +45,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(space="paper160", supernet_epochs=120, population=100, generations=20, trials=300, final_epochs=250,
                   batch_size=128, lr=0.025, eval_images=10000, bn_images=2000, max_train_images=None,
                   dataset="cifar100", warmup_epochs=5.0),
+    # ImageNet (an image folder with train/ and val/, --data-root) at 224x224, 1000 classes, where
+    # ImageNet-scale budgets such as 20 mJ bind for shift and add: GPU-weeks. OFA-like recipe:
+    # BN re-estimated on 2000 training images, candidates ranked on 10,000 held-out images.
+    "imagenet": dict(space="mobile224", dataset="folder", supernet_epochs=120, population=100, generations=20, trials=300,
+                     final_epochs=150, batch_size=256, lr=0.1, eval_images=10000, bn_images=2000, max_train_images=None),
 }
-# what a preset that does not say uses
-PRESET_DEFAULTS: dict[str, Any] = {"dataset": "mnist5k", "warmup_epochs": 1.0}
+DEFAULT_DATASET = "mnist5k"  # when neither --dataset nor the preset names one
+# Class counts of the datasets that fix theirs; a folder's is known only once it is read.
+DATASET_CLASSES = {"mnist5k": 10, "cifar10": 10, "cifar100": 100}
+LOG_AXIS_SPAN = 10.0  # the Pareto plot's cost axis turns logarithmic when candidates span more than this factor
+PRESET_DEFAULTS: dict[str, Any] = {"warmup_epochs": 1.0}  # what a preset that does not say uses
 STATE_VERSION = 1
 
 
@@ -54,7 +65,7 @@ class SearchConfig:
     op: str = "shift"
     preset: str = "quick"
     space: str | None = None
-    dataset: str | None = None  # default: the preset's (quick: mnist5k, paper: cifar100)
+    dataset: str | None = None  # None: the preset's (paper: cifar100, imagenet: folder), else DEFAULT_DATASET
     data_root: str | None = None
     hardware: str | None = None
     bits: int = 32
@@ -93,6 +104,7 @@ class SearchConfig:
         for k, v in preset.items():
             if d.get(k) is None:
                 d[k] = v
+        d["dataset"] = d["dataset"] or DEFAULT_DATASET
         for k in ("supernet_epochs", "population", "generations", "trials", "final_epochs", "batch_size", "eval_images", "bn_images"):
             if not isinstance(d[k], int) or d[k] < 1:
                 raise ConfigError(f"--{k.replace('_', '-')}", d[k], "expected a positive integer")
@@ -160,21 +172,23 @@ class SearchRun:
         self.table = energy_table(self.space, c.hardware, c.bits, ops=(c.op,), path=self.out / "lut.csv")
         self.pricer = Pricer(self.budget, c.op, self.table)
 
-    def check_budget(self) -> dict:
-        """Cheapest and largest costs of the space; raises when the budget cannot be met."""
-        lo = self.pricer.cost(self.space.min_arch())
-        hi = self.pricer.cost(self.space.max_arch())
-        unit = self.budget.unit
-        info = {"budget": self.budget.value, "unit": unit, "metric": self.budget.metric, "cheapest": lo, "largest": hi,
-                "binding": self.budget.value < hi}
-        if self.budget.value < lo:
+    def check_budget(self, num_classes: int | None = None) -> dict:
+        """The budget against the space's cost range (``budget_preview``), before any data is read;
+        raises when the budget cannot be met and says so when it does not bind, naming the shipped
+        spaces where it would. ``num_classes``: the dataset's, once known."""
+        info = budget_preview(self.cfg, num_classes)
+        lo, hi = info["cost_range"]
+        unit, op, name = info["unit"], self.cfg.op, info["space"]
+        if not info["feasible"]:
             raise InfeasibleBudgetError(
-                f"budget {self.budget} cannot be met: the cheapest {self.cfg.op} network of space {self.space.name!r} "
-                f"costs {lo:.4g} {unit}; the smallest feasible budget is {lo:.4g} {unit}"
+                f"budget {self.budget} cannot be met: the cheapest {op} network of space {name!r} costs {lo:.4g} {unit}; "
+                f"the smallest feasible budget is {lo:.4g} {unit}; {binds_in_text(info)}"
             )
-        if not info["binding"]:
-            self.log(f"note: the budget {self.budget} does not bind: the largest {self.cfg.op} network of space "
-                     f"{self.space.name!r} costs {hi:.4g} {unit}")
+        if not info["binds"]:
+            self.log(f"note: the budget {self.budget} does not bind: the largest {op} network of space {name!r} costs "
+                     f"{hi:.4g} {unit}; {binds_in_text(info)}")
+        if info["num_classes_from"] == "space":
+            self.log(f"note: priced with the space's {info['num_classes']} classes until the {self.cfg.dataset} dataset is read")
         return info
 
     # ------------------------------------------------------------------------------ steps
@@ -307,8 +321,10 @@ class SearchRun:
         from nas.search.evaluator import Evaluator
 
         t_start = time.time()
+        budget_info = self.check_budget()  # before any data is read
         self.setup()
-        budget_info = self.check_budget()
+        if self.space.num_classes != budget_info["num_classes"]:  # e.g. a folder dataset: its own class count
+            budget_info = self.check_budget(self.space.num_classes)
         self.log(f"[1/4] supernet ({self.cfg.supernet_epochs} epochs, op {self.cfg.op})")
         net = self.run_supernet()
         evaluator = Evaluator(net, self.calib, self.val, self.cfg.precision)
@@ -318,12 +334,15 @@ class SearchRun:
         s2 = self.run_stage_two(evaluator, subnet)
         self.log(f"[4/4] ShiftAddAug training of the TargetNet ({self.cfg.final_epochs} epochs)")
         tr = self.run_training(subnet, s2)
-        self.plot_pareto(s2)
+        self.plot_pareto(s2, binds=budget_info["binds"])
         summary = self.summarize(budget_info, s1, s2, tr, time.time() - t_start)
         return summary
 
     # ------------------------------------------------------------------------------ outputs
-    def plot_pareto(self, s2: dict) -> None:
+    def plot_pareto(self, s2: dict, binds: bool = True) -> None:
+        """``pareto.png``: stage two's candidates, accuracy vs cost, with the budget line. The cost
+        axis is logarithmic when the budget does not bind or the candidates span more than
+        ``LOG_AXIS_SPAN`` (on a linear axis far from the budget they crowd into one column)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -343,6 +362,9 @@ class SearchRun:
             ax.step(xs, ys, where="post", c="tab:blue", alpha=0.5, label="Pareto front")
         ax.axvline(self.budget.value, c="tab:red", ls="--", label=f"budget {self.budget}")
         ax.scatter([s2["cost"]], [s2["accuracy"]], marker="*", s=180, c="tab:orange", edgecolors="k", label="chosen TargetNet", zorder=5)
+        costs = df["cost"].tolist() + [s2["cost"]]
+        if not binds or max(costs) > LOG_AXIS_SPAN * min(costs):
+            ax.set_xscale("log")
         ax.set_xlabel(f"{self.budget.metric} of the {self.cfg.op} TargetNet ({self.budget.unit})")
         ax.set_ylabel("supernet accuracy (%)")
         ax.set_title(f"stage two: {self.cfg.op} TargetNets cut from the SubNet")
@@ -361,8 +383,9 @@ class SearchRun:
         summary = {
             "schema_version": 1,
             "budget": str(self.budget),
-            "budget_binding": budget_info["binding"],
-            "space_cost_range": [budget_info["cheapest"], budget_info["largest"]],
+            "budget_binding": budget_info["binds"],
+            "space_cost_range": list(budget_info["cost_range"]),
+            **({} if budget_info["binds"] else {"binds_in": budget_info["binds_in"]}),
             "op": self.cfg.op,
             "energy_mJ": cost["energy_mJ"],
             "latency_ms": cost["latency_ms"],
@@ -382,6 +405,99 @@ class SearchRun:
         atomic_write_json(self.out / "summary.json", summary)
         atomic_write_text(self.out / "report.md", _report(self, summary, budget_info, target))
         return summary
+
+
+# ---------------------------------------------------------------------------------- budget preview
+
+
+def space_cost_range(space: SearchSpace, op: str, budget: Budget, hardware=None, bits: int = 32) -> tuple[float, float]:
+    """Cost of the cheapest and of the dearest network of ``space`` with operator ``op``, in the
+    budget's unit: from the space's shipped table when it was built for this hardware and width
+    (rows it lacks are priced in memory), else from the energy model. Writes nothing."""
+    from nas.cost.lut import shipped_energy_table
+    from nas.search.evaluator import Pricer
+
+    pricer = Pricer(budget, op, shipped_energy_table(space, hardware, bits), hardware, bits)
+    return pricer.cost(space.min_arch()), pricer.cost(space.max_arch())
+
+
+def where_budget_binds(budget: Budget, op: str, hardware=None, bits: int = 32) -> list[dict]:
+    """The shipped spaces (``search_spaces/*.yaml``, each at its own resolution and class count)
+    whose cost range for ``op`` contains ``budget``, with the presets that search them."""
+    from nas.paths import SEARCH_SPACES
+
+    out = []
+    for path in sorted(SEARCH_SPACES.glob("*.yaml")):
+        space = SearchSpace.load(path)
+        lo, hi = space_cost_range(space, op, budget, hardware, bits)
+        if lo <= budget.value < hi:
+            presets = sorted(k for k, v in PRESETS.items() if v["space"] == space.name)
+            out.append({"space": space.name, "presets": presets, "cost_range": [lo, hi]})
+    return out
+
+
+def budget_preview(cfg: SearchConfig, num_classes: int | None = None) -> dict:
+    """Where the budget of ``cfg`` lies in the cost range of its space, without reading any data.
+
+    The space is priced at its resolution with the dataset's class count when the dataset fixes
+    one (``DATASET_CLASSES``), or ``num_classes`` when given, else the space's own (an image folder:
+    ``num_classes_from`` says "space"). ``cost_range``: [cheapest, dearest] network of the space for
+    the run's operator in the budget's unit; ``binds``: the budget lies inside it; ``feasible``: it
+    is not below it; ``binds_in`` (when it does not bind): the shipped spaces where it would.
+    """
+    c = cfg.resolved()
+    budget = parse_budget(c.budget)
+    base = SearchSpace.load(c.space)
+    if num_classes is not None:
+        source = "dataset"
+    elif c.dataset in DATASET_CLASSES:
+        num_classes, source = DATASET_CLASSES[c.dataset], "dataset"
+    else:
+        num_classes, source = base.num_classes, "space"
+    space = base.with_task(num_classes=num_classes)
+    lo, hi = space_cost_range(space, c.op, budget, c.hardware, c.bits)
+    info = {
+        "schema_version": 1, "space": space.name, "preset": c.preset, "op": c.op, "dataset": c.dataset,
+        "resolution": space.resolution, "num_classes": num_classes, "num_classes_from": source,
+        "hardware": c.hardware or "eyeriss-45nm", "bits": c.bits,
+        "budget": budget.to_dict(), "metric": budget.metric, "unit": budget.unit,
+        "cost_range": [lo, hi], "feasible": budget.value >= lo, "binds": lo <= budget.value < hi,
+    }
+    if not info["binds"]:
+        info["binds_in"] = where_budget_binds(budget, c.op, c.hardware, c.bits)
+    return info
+
+
+def binds_in_text(info: dict) -> str:
+    """One clause naming the shipped presets / spaces where a budget that does not bind would."""
+    places = []
+    for p in info.get("binds_in", []):
+        where = f"preset {' / '.join(p['presets'])} (space {p['space']}, " if p["presets"] else f"space {p['space']} ("
+        places.append(f"{where}{p['cost_range'][0]:.4g} ... {p['cost_range'][1]:.4g} {info['unit']})")
+    if not places:
+        return f"it binds in no shipped space for {info['op']}"
+    return f"it binds for {info['op']} in: " + "; ".join(places)
+
+
+def preview_text(info: dict) -> str:
+    """The human-readable budget preview of ``shiftaddaug-search --dry-run``."""
+    lo, hi = info["cost_range"]
+    unit, b = info["unit"], info["budget"]
+    budget = f"{b['value']:g} {unit}"
+    classes = f"{info['num_classes']} classes" + (" (the space's: a folder's count is known once it is read)"
+                                                   if info["num_classes_from"] == "space" else "")
+    lines = [
+        f"budget {budget} ({info['metric']}), {info['op']} TargetNet, preset {info['preset']}, dataset {info['dataset']}",
+        f"space {info['space']} at {info['resolution']}x{info['resolution']}, {classes}, priced on {info['hardware']} at {info['bits']} bit",
+        f"cost range of the space: {lo:.4g} ... {hi:.4g} {unit} (cheapest ... dearest {info['op']} network)",
+    ]
+    if info["binds"]:
+        lines.append(f"the budget binds: it lies inside the range ({100 * (b['value'] - lo) / (hi - lo):.0f}% of the way up)")
+    elif not info["feasible"]:
+        lines.append(f"the budget cannot be met: the smallest feasible budget is {lo:.4g} {unit}; {binds_in_text(info)}")
+    else:
+        lines.append(f"the budget does not bind: every network of the space costs less; {binds_in_text(info)}")
+    return "\n".join(lines)
 
 
 def _take(batches, n_images: int, seed: int = 0, batch_size: int = 250) -> list:
@@ -413,8 +529,10 @@ def _report(run: SearchRun, s: dict, b: dict, target: Arch) -> str:
         f"Budget **{s['budget']}** ({b['metric']}), operator **{s['op']}**, space `{run.space.name}`, dataset `{run.cfg.dataset}`, preset `{run.cfg.preset}`.",
         "",
     ]
-    if not b["binding"]:
-        lines += [f"> The budget does not bind: the largest {s['op']} network of the space costs {b['largest']:.4g} {unit}.", ""]
+    lo, hi = b["cost_range"]
+    if not b["binds"]:
+        lines += [f"> The budget does not bind: the largest {s['op']} network of the space costs {hi:.4g} {unit}; "
+                  f"{binds_in_text(b)}.", ""]
     lines += [
         "| | value |",
         "|---|---|",
@@ -423,7 +541,7 @@ def _report(run: SearchRun, s: dict, b: dict, target: Arch) -> str:
         f"| accuracy (test / val) | {s['accuracy']['test']:.2f}% / {s['accuracy']['val']:.2f}% |",
         f"| supernet estimate before training | {s['accuracy']['supernet_estimate']:.2f}% |",
         f"| SubNet (stage one) | multiple {s['subnet']['multiple']}, cost {s['subnet']['cost']:.4g} {unit}, supernet accuracy {s['subnet']['supernet_accuracy']:.2f}% |",
-        f"| space cost range | {b['cheapest']:.4g} ... {b['largest']:.4g} {unit} |",
+        f"| space cost range | {lo:.4g} ... {hi:.4g} {unit} |",
         f"| wall time | {s['time_s']:.0f} s |",
         "",
         "## TargetNet",

@@ -230,8 +230,8 @@ class DynamicNet(nn.Module):
                 blk.expand.conv.configure(b.mid_channels, None, *(_t(tb_.op, tb_.mid_channels, tcin) if tb_ else ()))
             blk.dw.conv.configure(b.mid_channels, b.kernel_size, *(_t(tb_.dw_op, tb_.mid_channels, tb_.mid_channels) if tb_ else ()))
             if blk.use_se:
-                blk.se.reduce.configure(b.se_channels, None, *(_t(tb_.dw_op, tb_.se_channels, tb_.mid_channels) if tb_ else ()))
-                blk.se.expand.configure(b.mid_channels, None, *(_t(tb_.dw_op, tb_.mid_channels, tb_.se_channels) if tb_ else ()))
+                blk.se.reduce.configure(b.se_channels, None, *(_t(tb_.se_op, tb_.se_channels, tb_.mid_channels) if tb_ else ()))
+                blk.se.expand.configure(b.mid_channels, None, *(_t(tb_.se_op, tb_.mid_channels, tb_.se_channels) if tb_ else ()))
             blk.project.conv.configure(b.out_channels, None, *(_t(tb_.op, tb_.out_channels, tb_.mid_channels) if tb_ else ()))
         ref = target if target is not None else a
         c_ref = ref.stages[-1].blocks[-1].out_channels

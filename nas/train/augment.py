@@ -152,7 +152,7 @@ class MutationSchedule:
         t = self.target
         stem = t.stem if "stem" in done else dataclasses.replace(t.stem, op="mult")
         stages = tuple(
-            StageSpec(tuple(b if (i, j) in done else dataclasses.replace(b, op="mult", dw_op="mult") for j, b in enumerate(st.blocks)))
+            StageSpec(tuple(b if (i, j) in done else dataclasses.replace(b, op="mult", dw_op="mult", se_op="mult") for j, b in enumerate(st.blocks)))
             for i, st in enumerate(t.stages)
         )
         fm = t.feature_mix if t.feature_mix is None or "head" in done else dataclasses.replace(t.feature_mix, op="mult")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 ENV_DISABLE = "SHIFTADDAUG_NO_EXT"
 ENV_DIR = "SHIFTADDAUG_EXT_DIR"
-ABI_VERSION = 1
+ABI_VERSION = 2
 SOURCE = Path(__file__).with_name("adder_kernels.cpp")
 _FLAGS = ["-O3", "-std=gnu++17", "-shared", "-fPIC", "-pthread"]
 # gnu++17 (not c++17) keeps GCC's default -ffp-contract=fast, so products fuse into FMAs.
@@ -170,7 +170,7 @@ def _self_test(lib) -> None:
     xa = (ctypes.c_float * (n_in * batch))(*[v for row in x for v in row])
     wa = (ctypes.c_float * (n_out * n_in))(*[v for row in w for v in row])
     ya = (ctypes.c_float * (n_out * batch))()
-    geom = (ctypes.c_int64 * 14)(1, 1, n_in, n_out, 1, batch, 1, 1, 1, 1, 1, 1, 1, batch)
+    geom = (ctypes.c_int64 * 16)(1, 1, n_in, n_out, 1, batch, 0, 0, 1, 1, 1, 1, 1, 1, 1, batch)
     lib.saa_adder_fwd_f32(ctypes.addressof(xa), ctypes.addressof(wa), ctypes.addressof(ya), geom, 2)
     for o in range(n_out):
         for b in range(batch):

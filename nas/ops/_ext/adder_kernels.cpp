@@ -84,63 +84,111 @@ template <typename F> static void parallel_ranges(int64_t total, int64_t nthread
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dense (im2col-free) convolution geometry. The input is already zero-padded by the caller:
-// xpad [N, G*Cg, Hp, Wp]; weights w [G*O, K] with K = Cg*KH*KW in (c, kh, kw) order; outputs
-// [N, G*O, P] with P = Ho*Wo. A linear layer is the special case N = G = Hp = KH = KW = 1,
-// Wp = Wo = batch, with xpad = x^T.
+// Dense (im2col-free) convolution geometry: x [N, G*Cg, H, W] zero-padded by ph, pw; weights
+// w [G*O, K] with K = Cg*KH*KW in (c, kh, kw) order; outputs [N, G*O, P] with P = Ho*Wo. The
+// forward is handed an input the caller already padded (H, W the padded sizes, ph = pw = 0); the
+// input gradient pads each (n, g) block into a per-thread buffer itself and writes the unpadded
+// gradient. A linear layer is the case N = G = H = KH = KW = 1, W = Wo = batch, x = x^T.
 struct ConvGeom {
-  int64_t N, G, Cg, O, Hp, Wp, KH, KW, sh, sw, dh, dw, Ho, Wo;
+  int64_t N, G, Cg, O, H, W, ph, pw, KH, KW, sh, sw, dh, dw, Ho, Wo;
+  int64_t Hp() const { return H + 2 * ph; }
+  int64_t Wp() const { return W + 2 * pw; }
   int64_t K() const { return Cg * KH * KW; }
   int64_t P() const { return Ho * Wo; }
-  // Offset of im2col row k = (c, kh, kw) inside one (n, g) block of xpad.
-  std::vector<int64_t> koffsets() const {
-    std::vector<int64_t> off(K());
+  bool padded() const { return ph != 0 || pw != 0; }
+  // Offset of im2col row k = (c, kh, kw) inside one padded (n, g) block, for `rows` >= K rows
+  // (rows past K point at offset 0: tiles may read them, their results are dropped).
+  std::vector<int64_t> koffsets(int64_t rows) const {
+    std::vector<int64_t> off(std::max(rows, K()), 0);
     for (int64_t c = 0; c < Cg; ++c)
       for (int64_t a = 0; a < KH; ++a)
-        for (int64_t b = 0; b < KW; ++b) off[(c * KH + a) * KW + b] = c * Hp * Wp + a * dh * Wp + b * dw;
+        for (int64_t b = 0; b < KW; ++b) off[(c * KH + a) * KW + b] = c * Hp() * Wp() + a * dh * Wp() + b * dw;
     return off;
   }
 };
 
-// The im2col columns of a panel of output positions [p0, p0+pn) are runs along output rows:
-// each run starts at xpad offset `src` and advances by sw per position.
+// Where the im2col columns of a panel of output positions [p0, p0 + pn) come from. In general
+// they are runs along output rows, each starting at padded offset `src` and advancing by sw per
+// position, and get packed into a [K][PT] buffer. A "direct" panel is full and each of its
+// vectors lies inside one output row with sw == 1: vector j of im2col row k is then contiguous at
+// koff[k] + vsrc[j], so the tiles read the (padded) image in place and nothing is packed.
 struct Run {
   int64_t j0, len, src;
 };
-static void panel_runs(const ConvGeom& d, int64_t p0, int64_t pn, std::vector<Run>& runs) {
-  runs.clear();
-  for (int64_t j = 0; j < pn;) {
-    const int64_t p = p0 + j, i = p / d.Wo, jj = p % d.Wo;
-    const int64_t len = std::min(d.Wo - jj, pn - j);
-    runs.push_back({j, len, i * d.sh * d.Wp + jj * d.sw});
-    j += len;
+constexpr int MAX_PV = 4;
+struct Panel {
+  int64_t p0 = 0, pn = 0;
+  bool direct = false;
+  int64_t vsrc[MAX_PV] = {};
+  std::vector<Run> runs;
+
+  template <int NV, int PV> void set(const ConvGeom& d, int64_t p0_, int64_t pn_, bool rows_whole) {
+    static_assert(PV <= MAX_PV, "MAX_PV");
+    p0 = p0_, pn = pn_;
+    direct = rows_whole && pn == NV * PV;
+    runs.clear();
+    if (direct) {
+      for (int j = 0; j < PV; ++j) {
+        const int64_t p = p0 + j * NV;
+        vsrc[j] = (p / d.Wo) * d.sh * d.Wp() + p % d.Wo;
+      }
+      return;
+    }
+    for (int64_t j = 0; j < pn;) {
+      const int64_t p = p0 + j, i = p / d.Wo, jj = p % d.Wo;
+      const int64_t len = std::min(d.Wo - jj, pn - j);
+      runs.push_back({j, len, i * d.sh * d.Wp() + jj * d.sw});
+      j += len;
+    }
   }
-}
+};
 
 // Gather the im2col panel [K][PT] of one (n, g) block (zeros past pn), fusing im2col into the
 // packing so that no [K, P] column buffer is ever materialised.
 template <typename T>
-static void pack_cols(const T* xs, const std::vector<int64_t>& koff, const std::vector<Run>& runs,
-                      const ConvGeom& d, int64_t pn, int PT, T* dst) {
-  const int64_t K = (int64_t)koff.size();
+static void pack_cols(const T* xs, const std::vector<int64_t>& koff, int64_t K, const Panel& pan,
+                      const ConvGeom& d, int PT, T* dst) {
   for (int64_t k = 0; k < K; ++k) {
     T* row = dst + k * PT;
     const T* src = xs + koff[k];
-    for (const Run& r : runs) {
+    for (const Run& r : pan.runs) {
       if (d.sw == 1) {
         std::memcpy(row + r.j0, src + r.src, r.len * sizeof(T));
       } else {
         for (int64_t t = 0; t < r.len; ++t) row[r.j0 + t] = src[r.src + t * d.sw];
       }
     }
-    for (int64_t j = pn; j < PT; ++j) row[j] = T(0);
+    for (int64_t j = pan.pn; j < PT; ++j) row[j] = T(0);
   }
+}
+
+// x vectors of a tile: im2col row k, vector j, from a packed panel or in place (direct panel).
+template <typename T, bool DIRECT> struct Cols {
+  const T* base;          // packed [rows][PT] buffer, or the padded (n, g) block
+  const int64_t* koff;    // direct: im2col row offsets
+  int64_t vsrc[MAX_PV];   // direct: vector offsets
+  int PT;
+  inline const T* at(int64_t k, int j, int NV) const {
+    return DIRECT ? base + koff[k] + vsrc[j] : base + k * PT + j * NV;
+  }
+};
+
+// The x source of a panel's tiles: in place for a direct panel, else packed into `xpack`.
+template <typename T>
+static void panel_cols(const Panel& pan, const T* xs, const std::vector<int64_t>& koff, int64_t K,
+                       const ConvGeom& d, int PT, T* xpack, Cols<T, true>& direct, Cols<T, false>& packed) {
+  direct = Cols<T, true>{xs, koff.data(), {}, PT};
+  packed = Cols<T, false>{xpack, nullptr, {}, PT};
+  if (pan.direct)
+    std::copy(pan.vsrc, pan.vsrc + MAX_PV, direct.vsrc);
+  else
+    pack_cols(xs, koff, K, pan, d, PT, xpack);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Dense forward: y[o, p] = -sum_k |x[k, p] - w[o, k]|, register tile OT x (PV vectors of p).
-template <typename T>
-static void fwd_tile(const T* __restrict wp, const T* __restrict xp, int64_t K, T* __restrict out) {
+template <typename T, bool DIRECT>
+static void fwd_tile(const T* __restrict wp, const Cols<T, DIRECT>& cols, int64_t K, T* __restrict out) {
   using V = typename Vec<T>::v;
   constexpr int NV = Vec<T>::N, PT = FWD_PV * NV;
   V acc[FWD_OT][FWD_PV];
@@ -148,7 +196,7 @@ static void fwd_tile(const T* __restrict wp, const T* __restrict xp, int64_t K, 
     for (int j = 0; j < FWD_PV; ++j) acc[i][j] = V{};
   for (int64_t k = 0; k < K; ++k) {
     V xv[FWD_PV];
-    for (int j = 0; j < FWD_PV; ++j) xv[j] = loadu<V>(xp + k * PT + j * NV);
+    for (int j = 0; j < FWD_PV; ++j) xv[j] = loadu<V>(cols.at(k, j, NV));
     for (int i = 0; i < FWD_OT; ++i) {
       const V wb = bcast<V>(wp[k * FWD_OT + i]);
       for (int j = 0; j < FWD_PV; ++j) acc[i][j] += Vec<T>::abs(xv[j] - wb);
@@ -160,10 +208,11 @@ static void fwd_tile(const T* __restrict wp, const T* __restrict xp, int64_t K, 
 
 template <typename T>
 static void adder_fwd(const T* xpad, const T* w, T* y, const ConvGeom& d, int64_t nthreads) {
-  constexpr int PT = FWD_PV * Vec<T>::N, OT = FWD_OT;
+  constexpr int NV = Vec<T>::N, PT = FWD_PV * NV, OT = FWD_OT;
   const int64_t K = d.K(), P = d.P(), O = d.O, G = d.G;
   const int64_t otiles = (O + OT - 1) / OT, panels = (P + PT - 1) / PT;
-  const std::vector<int64_t> koff = d.koffsets();
+  const std::vector<int64_t> koff = d.koffsets(K);
+  const bool rows_whole = d.sw == 1 && d.Wo % NV == 0;
   // Weights packed once as [G][otile][K][OT] (rows past O are zero and their outputs dropped),
   // so the tile loop reads them sequentially.
   std::vector<T> wpack(G * otiles * K * OT, T(0));
@@ -173,17 +222,23 @@ static void adder_fwd(const T* xpad, const T* w, T* y, const ConvGeom& d, int64_
         wpack[((g * otiles + o / OT) * K + k) * OT + o % OT] = w[(g * O + o) * K + k];
   parallel_ranges(d.N * G * panels, nthreads, [&](int64_t, int64_t begin, int64_t end) {
     std::vector<T> xpack(K * PT), tile(OT * PT);
-    std::vector<Run> runs;
+    Panel pan;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / (G * panels), g = (item / panels) % G, p0 = (item % panels) * PT;
-      const int64_t pn = std::min<int64_t>(PT, P - p0);
-      panel_runs(d, p0, pn, runs);
-      pack_cols(xpad + (n * G + g) * d.Cg * d.Hp * d.Wp, koff, runs, d, pn, PT, xpack.data());
+      const T* xs = xpad + (n * G + g) * d.Cg * d.H * d.W;
+      pan.set<NV, FWD_PV>(d, p0, std::min<int64_t>(PT, P - p0), rows_whole);
+      Cols<T, true> direct;
+      Cols<T, false> packed;
+      panel_cols(pan, xs, koff, K, d, PT, xpack.data(), direct, packed);
       for (int64_t ot = 0; ot < otiles; ++ot) {
-        fwd_tile<T>(wpack.data() + (g * otiles + ot) * K * OT, xpack.data(), K, tile.data());
+        const T* wt = wpack.data() + (g * otiles + ot) * K * OT;
+        if (pan.direct)
+          fwd_tile<T, true>(wt, direct, K, tile.data());
+        else
+          fwd_tile<T, false>(wt, packed, K, tile.data());
         const int64_t on = std::min<int64_t>(OT, O - ot * OT);
         T* ys = y + ((n * G + g) * O + ot * OT) * P + p0;
-        for (int64_t i = 0; i < on; ++i) std::memcpy(ys + i * P, tile.data() + i * PT, pn * sizeof(T));
+        for (int64_t i = 0; i < on; ++i) std::memcpy(ys + i * P, tile.data() + i * PT, pan.pn * sizeof(T));
       }
     }
   });
@@ -200,16 +255,16 @@ static void adder_fwd(const T* xpad, const T* w, T* y, const ConvGeom& d, int64_
 // |x| <= CLIP_TRICK_MAX_ABS (relative error < 1e-5 in float32); other tiles take the direct form.
 constexpr double CLIP_TRICK_MAX_ABS = 32.0;
 
-template <typename T>
-static void gx_tile(const T* __restrict wp, const T* __restrict gp, const T* __restrict gsum,
-                    const T* __restrict xp, int64_t O, T* __restrict out) {
+template <typename T, bool DIRECT>
+static void gx_tile(const T* __restrict wp, const T* __restrict gp, int64_t gstride, const T* __restrict gsum,
+                    const Cols<T, DIRECT>& cols, int64_t k0, int64_t O, T* __restrict out) {
   using V = typename Vec<T>::v;
   constexpr int NV = Vec<T>::N, PT = GX_PV * NV;
   V acc[GX_KT][GX_PV], lo[GX_KT][GX_PV], hi[GX_KT][GX_PV];
   V amax = V{};
   for (int i = 0; i < GX_KT; ++i)
     for (int j = 0; j < GX_PV; ++j) {
-      const V xv = loadu<V>(xp + i * PT + j * NV);
+      const V xv = loadu<V>(cols.at(k0 + i, j, NV));
       acc[i][j] = V{};
       lo[i][j] = xv - T(1);
       hi[i][j] = xv + T(1);
@@ -220,7 +275,7 @@ static void gx_tile(const T* __restrict wp, const T* __restrict gp, const T* __r
   if (m <= T(CLIP_TRICK_MAX_ABS)) {
     for (int64_t o = 0; o < O; ++o) {
       V gv[GX_PV];
-      for (int j = 0; j < GX_PV; ++j) gv[j] = loadu<V>(gp + o * PT + j * NV);
+      for (int j = 0; j < GX_PV; ++j) gv[j] = loadu<V>(gp + o * gstride + j * NV);
       for (int i = 0; i < GX_KT; ++i) {
         const V wb = bcast<V>(wp[o * GX_KT + i]);
         for (int j = 0; j < GX_PV; ++j) acc[i][j] += gv[j] * vmin(vmax(wb, lo[i][j]), hi[i][j]);
@@ -228,17 +283,17 @@ static void gx_tile(const T* __restrict wp, const T* __restrict gp, const T* __r
     }
     for (int i = 0; i < GX_KT; ++i)
       for (int j = 0; j < GX_PV; ++j) {
-        const V xv = loadu<V>(xp + i * PT + j * NV), gs = loadu<V>(gsum + j * NV);
+        const V xv = loadu<V>(cols.at(k0 + i, j, NV)), gs = loadu<V>(gsum + j * NV);
         storeu(out + i * PT + j * NV, acc[i][j] - xv * gs);
       }
   } else {
     const V one = bcast<V>(T(1)), mone = bcast<V>(T(-1));
     V xs[GX_KT][GX_PV];
     for (int i = 0; i < GX_KT; ++i)
-      for (int j = 0; j < GX_PV; ++j) xs[i][j] = loadu<V>(xp + i * PT + j * NV);
+      for (int j = 0; j < GX_PV; ++j) xs[i][j] = loadu<V>(cols.at(k0 + i, j, NV));
     for (int64_t o = 0; o < O; ++o) {
       V gv[GX_PV];
-      for (int j = 0; j < GX_PV; ++j) gv[j] = loadu<V>(gp + o * PT + j * NV);
+      for (int j = 0; j < GX_PV; ++j) gv[j] = loadu<V>(gp + o * gstride + j * NV);
       for (int i = 0; i < GX_KT; ++i) {
         const V wb = bcast<V>(wp[o * GX_KT + i]);
         for (int j = 0; j < GX_PV; ++j) acc[i][j] += gv[j] * vmin(vmax(wb - xs[i][j], mone), one);
@@ -249,15 +304,24 @@ static void gx_tile(const T* __restrict wp, const T* __restrict gp, const T* __r
   }
 }
 
-// gxpad [N, G*Cg, Hp, Wp] must be zero on entry; each (n, g) block is owned by one thread, so
-// the overlapping scatter-adds of neighbouring windows never race.
+// x [N, G*Cg, H, W] unpadded, gx likewise (fully written). Each (n, g) block is owned by one
+// thread, which pads it into a private buffer (when there is padding) and accumulates its
+// gradient in a private padded buffer, so the overlapping scatter-adds of neighbouring windows
+// never race and the result does not depend on the thread count.
 template <typename T>
-static void adder_gx(const T* gy, const T* w, const T* xpad, T* gxpad, const ConvGeom& d,
-                     int64_t nthreads) {
-  constexpr int PT = GX_PV * Vec<T>::N, KT = GX_KT;
+static void adder_gx(const T* gy, const T* w, const T* x, T* gx, const ConvGeom& d, int64_t nthreads) {
+  using V = typename Vec<T>::v;
+  constexpr int NV = Vec<T>::N, PT = GX_PV * NV, KT = GX_KT;
   const int64_t K = d.K(), P = d.P(), O = d.O, G = d.G;
-  const int64_t ktiles = (K + KT - 1) / KT;
-  const std::vector<int64_t> koff = d.koffsets();
+  const int64_t ktiles = (K + KT - 1) / KT, kpad = ktiles * KT;
+  const std::vector<int64_t> koff = d.koffsets(kpad);
+  const bool rows_whole = d.sw == 1 && d.Wo % NV == 0;
+  const int64_t plane = d.Hp() * d.Wp(), block = d.Cg * plane, ublock = d.Cg * d.H * d.W;
+  // Scatter order: the im2col rows sorted by kw (then c, kh), so that consecutive read-modify-
+  // writes never hit a vector stored one element earlier (which stalls store forwarding).
+  std::vector<int64_t> order(K);
+  for (int64_t k = 0; k < K; ++k) order[k] = k;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return a % d.KW < b % d.KW; });
   // Weights packed as [G][ktile][O][KT] (columns past K are zero; their outputs are dropped).
   std::vector<T> wpack(G * ktiles * O * KT, T(0));
   for (int64_t g = 0; g < G; ++g)
@@ -265,42 +329,79 @@ static void adder_gx(const T* gy, const T* w, const T* xpad, T* gxpad, const Con
       for (int64_t k = 0; k < K; ++k)
         wpack[((g * ktiles + k / KT) * O + o) * KT + k % KT] = w[(g * O + o) * K + k];
   parallel_ranges(d.N * G, nthreads, [&](int64_t, int64_t begin, int64_t end) {
-    std::vector<T> gpack(O * PT), gsum(PT), xpack(ktiles * KT * PT, T(0)), tile(KT * PT);
-    std::vector<Run> runs;
+    std::vector<T> gpack(O * PT), gsum(PT), xpack(kpad * PT, T(0)), gcol(kpad * PT);
+    std::vector<T> xbuf(d.padded() ? block : 0), gbuf(d.padded() ? block : 0);
+    Panel pan;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / G, g = item % G;
-      const int64_t blk = (n * G + g) * d.Cg * d.Hp * d.Wp;
+      const T* xb = x + item * ublock;
+      T* gb = gx + item * ublock;
+      const T* xs = xb;
+      T* gs = gb;
+      if (d.padded()) {
+        std::fill(xbuf.begin(), xbuf.end(), T(0));
+        for (int64_t c = 0; c < d.Cg; ++c)
+          for (int64_t i = 0; i < d.H; ++i)
+            std::memcpy(&xbuf[c * plane + (i + d.ph) * d.Wp() + d.pw], xb + (c * d.H + i) * d.W, d.W * sizeof(T));
+        std::fill(gbuf.begin(), gbuf.end(), T(0));
+        xs = xbuf.data(), gs = gbuf.data();
+      } else {
+        std::fill(gb, gb + ublock, T(0));
+      }
       for (int64_t p0 = 0; p0 < P; p0 += PT) {
-        const int64_t pn = std::min<int64_t>(PT, P - p0);
-        panel_runs(d, p0, pn, runs);
-        const T* gs = gy + (n * G + g) * O * P + p0;
-        std::fill(gsum.begin(), gsum.end(), T(0));
-        for (int64_t o = 0; o < O; ++o) {
-          T* __restrict dst = gpack.data() + o * PT;
-          std::memcpy(dst, gs + o * P, pn * sizeof(T));
-          std::fill(dst + pn, dst + PT, T(0));
-          for (int j = 0; j < PT; ++j) gsum[j] += dst[j];
+        pan.set<NV, GX_PV>(d, p0, std::min<int64_t>(PT, P - p0), rows_whole);
+        // gy rows of this panel: read in place when the panel is full, else packed with zeros.
+        const T* gsrc = gy + (n * G + g) * O * P + p0;
+        const T* gp = gsrc;
+        int64_t gstride = P;
+        if (pan.pn < PT) {
+          for (int64_t o = 0; o < O; ++o) {
+            std::memcpy(&gpack[o * PT], gsrc + o * P, pan.pn * sizeof(T));
+            std::fill(&gpack[o * PT + pan.pn], &gpack[o * PT + PT], T(0));
+          }
+          gp = gpack.data(), gstride = PT;
         }
-        pack_cols(xpad + blk, koff, runs, d, pn, PT, xpack.data());
+        for (int j = 0; j < GX_PV; ++j) {
+          V s = V{};
+          for (int64_t o = 0; o < O; ++o) s += loadu<V>(gp + o * gstride + j * NV);
+          storeu(&gsum[j * NV], s);
+        }
+        Cols<T, true> direct;
+        Cols<T, false> packed;
+        panel_cols(pan, xs, koff, K, d, PT, xpack.data(), direct, packed);
         for (int64_t kt = 0; kt < ktiles; ++kt) {
-          gx_tile<T>(wpack.data() + (g * ktiles + kt) * O * KT, gpack.data(), gsum.data(),
-                     xpack.data() + kt * KT * PT, O, tile.data());
-          const int64_t kn = std::min<int64_t>(KT, K - kt * KT);
-          for (int64_t i = 0; i < kn; ++i) {
-            T* dst = gxpad + blk + koff[kt * KT + i];
-            const T* src = tile.data() + i * PT;
-            for (const Run& r : runs) {
-              T* __restrict dr = dst + r.src;
-              const T* __restrict sr = src + r.j0;
-              if (d.sw == 1) {
-                for (int64_t t = 0; t < r.len; ++t) dr[t] += sr[t];
-              } else {
-                for (int64_t t = 0; t < r.len; ++t) dr[t * d.sw] += sr[t];
-              }
+          const T* wt = wpack.data() + (g * ktiles + kt) * O * KT;
+          T* out = gcol.data() + kt * KT * PT;
+          if (pan.direct)
+            gx_tile<T, true>(wt, gp, gstride, gsum.data(), direct, kt * KT, O, out);
+          else
+            gx_tile<T, false>(wt, gp, gstride, gsum.data(), packed, kt * KT, O, out);
+        }
+        for (const int64_t k : order) {
+          T* dst = gs + koff[k];
+          const T* src = gcol.data() + k * PT;
+          if (pan.direct) {
+            for (int j = 0; j < GX_PV; ++j) {
+              T* dv = dst + pan.vsrc[j];
+              storeu(dv, loadu<V>(dv) + loadu<V>(src + j * NV));
+            }
+            continue;
+          }
+          for (const Run& r : pan.runs) {
+            T* __restrict dr = dst + r.src;
+            const T* __restrict sr = src + r.j0;
+            if (d.sw == 1) {
+              for (int64_t t = 0; t < r.len; ++t) dr[t] += sr[t];
+            } else {
+              for (int64_t t = 0; t < r.len; ++t) dr[t * d.sw] += sr[t];
             }
           }
         }
       }
+      if (d.padded())
+        for (int64_t c = 0; c < d.Cg; ++c)
+          for (int64_t i = 0; i < d.H; ++i)
+            std::memcpy(gb + (c * d.H + i) * d.W, &gbuf[c * plane + (i + d.ph) * d.Wp() + d.pw], d.W * sizeof(T));
     }
   });
 }
@@ -461,21 +562,22 @@ static void adder_dw_bwd(const T* x, const T* w, const T* gy, T* gx, double* wst
   }
 }
 
+static ConvGeom conv_geom(const int64_t* g) {
+  return ConvGeom{g[0], g[1], g[2],  g[3],  g[4],  g[5],  g[6],  g[7],
+                  g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]};
+}
+
 }  // namespace
 
 #define SAA_EXPORT(T, SUF)                                                                         \
   extern "C" int saa_adder_fwd_##SUF(const T* xpad, const T* w, T* y, const int64_t* geom,      \
                                      int64_t nthreads) {                                          \
-    const ConvGeom d{geom[0], geom[1], geom[2], geom[3],  geom[4],  geom[5],  geom[6],            \
-                     geom[7], geom[8], geom[9], geom[10], geom[11], geom[12], geom[13]};          \
-    adder_fwd<T>(xpad, w, y, d, nthreads);                                                        \
+    adder_fwd<T>(xpad, w, y, conv_geom(geom), nthreads);                                          \
     return 0;                                                                                     \
   }                                                                                               \
-  extern "C" int saa_adder_gx_##SUF(const T* gy, const T* w, const T* xpad, T* gxpad,            \
+  extern "C" int saa_adder_gx_##SUF(const T* gy, const T* w, const T* x, T* gx,                  \
                                     const int64_t* geom, int64_t nthreads) {                      \
-    const ConvGeom d{geom[0], geom[1], geom[2], geom[3],  geom[4],  geom[5],  geom[6],            \
-                     geom[7], geom[8], geom[9], geom[10], geom[11], geom[12], geom[13]};          \
-    adder_gx<T>(gy, w, xpad, gxpad, d, nthreads);                                                 \
+    adder_gx<T>(gy, w, x, gx, conv_geom(geom), nthreads);                                         \
     return 0;                                                                                     \
   }                                                                                               \
   extern "C" int saa_adder_dw_fwd_##SUF(const T* x, const T* w, T* y, const int64_t* geom,       \
@@ -497,4 +599,4 @@ SAA_EXPORT(float, f32)
 SAA_EXPORT(double, f64)
 
 // ABI version checked by the loader, bumped whenever a signature changes.
-extern "C" int saa_abi_version() { return 1; }
+extern "C" int saa_abi_version() { return 2; }
