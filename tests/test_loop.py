@@ -214,7 +214,7 @@ def test_paper_preset_is_netaugs_recipe_on_cifar100():
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--preset", "paper"], "error: data_root: got None; cifar100 needs --data-root"),
+    (["--preset", "paper", "--budget", "1.3mJ"], "error: data_root: got None; cifar100 needs --data-root"),
     (["--workers", "-1"], "error: --workers: got -1"),
     (["--precision", "fp8"], None),  # argparse's own choices message
 ] + ([] if CUDA else [(["--device", "cuda:0"], "error: device: got 'cuda:0'; no CUDA device")]))
