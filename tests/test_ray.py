@@ -66,7 +66,7 @@ def test_without_ray_the_option_says_how_to_install_it(monkeypatch, tmp_path, ca
     # the local path needs no ray at all
     run = SearchRun(SearchConfig(**SMALL), tmp_path / "local", progress=False)
     run.setup()
-    assert run.check_budget()["binding"]
+    assert run.check_budget()["binds"]
 
 
 def test_options_from_the_environment():
