@@ -30,6 +30,8 @@ What data-parallel training means here, so that N ranks run the algorithm of one
 * BatchNorm uses each rank's own batch statistics (DDP without SyncBatchNorm), and AdderNet's
   adaptive gradient scale normalises each rank's gradient before the average: with N > 1 the
   weights differ from a one-process run by that much. One rank is the one-process run, bit for bit.
+* Evaluation (BatchNorm re-estimation on the calibration batches, accuracy) runs on every rank
+  over the whole split, so every rank computes the same numbers; only rank 0 exports.
 * Only rank 0 reads and writes the run directory; the others receive the checkpoint from it
   (``broadcast_object``). After every epoch the ranks compare a hash of their weights and of the
   subnets they sampled (``check_in_sync``); a difference stops the run.
