@@ -6,7 +6,7 @@ Each configuration runs two epochs through ``build_loaders(...).train``; the sec
 (workers are persistent, so it is the steady state; the first includes starting them). The main
 process uses one torch thread; workers use one each (DataLoader's default).
 
-    python benchmarks/data.py [--images 1024] [--resolution 64] [--batch 64]
+    python benchmarks/data.py [--images 512] [--resolution 160] [--batch 64]
 
 Writes benchmarks/results/data.md. On a 2-core machine two workers can at best double the rate of
 the work they take over (decoding), and only while the main process leaves them the cores.
@@ -79,8 +79,8 @@ def images_per_second(data, resolution: int, batch: int, workers: int) -> tuple[
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=1024, help="training images per dataset (default 1024)")
-    p.add_argument("--resolution", type=int, default=64, help="model input resolution (default 64)")
+    p.add_argument("--images", type=int, default=512, help="training images per dataset (default 512)")
+    p.add_argument("--resolution", type=int, default=160, help="model input resolution (default 160, the paper preset's)")
     p.add_argument("--batch", type=int, default=64)
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
