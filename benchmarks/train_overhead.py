@@ -90,10 +90,12 @@ def main() -> None:
     rows = []
     lists = {"NetAug lists": {}, "lite lists": dict(width_mults=(1.0, 1.4), expand_mults=(1.0, 1.4))}
     for op in ("shift", "add"):
-        cfg = TrainConfig(model=args.model, op=op, epochs=1, batch_size=args.batch, resolution=args.resolution, aug="none", remap="none")
+        cfg = TrainConfig(model=args.model, op=op, epochs=1, batch_size=args.batch, resolution=args.resolution, aug="none", remap="none",
+                          device="cpu")
         d = measure(Trainer(cfg, "/tmp/shiftaddaug-overhead", loaders=loaders, progress=False), x, y, args.steps)
         for name, kw in lists.items():
-            cfg = TrainConfig(model=args.model, op=op, epochs=1, batch_size=args.batch, resolution=args.resolution, aug="shiftaddaug", **kw)
+            cfg = TrainConfig(model=args.model, op=op, epochs=1, batch_size=args.batch, resolution=args.resolution, aug="shiftaddaug",
+                              device="cpu", **kw)
             tr = Trainer(cfg, "/tmp/shiftaddaug-overhead", loaders=loaders, progress=False)
             tr.total_steps = 10**9  # progress ~ 0: width augmentation on, as in the first half of training
             s = measure(tr, x, y, args.steps)

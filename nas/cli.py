@@ -403,6 +403,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         epilog="examples:\n"
         "  shiftaddaug-train --model mbv2-tiny --op shift --aug shiftaddaug --epochs 10\n"
         "  shiftaddaug-train --model mcunet --op add --aug none --dataset cifar10 --data-root ~/data/cifar-10-batches-py\n"
+        "  shiftaddaug-train --model mbv2-w0.35 --op add --dataset cifar100 --data-root ~/data --resolution 160 \\\n"
+        "      --device cuda --precision bf16 --workers 4\n"
+        "  torchrun --nproc-per-node 2 --no-python shiftaddaug-train --model mbv2-tiny --op add --out runs/ddp\n"
         "  shiftaddaug-train --resume runs/20261127-120000-train-mbv2-tiny-shift-shiftaddaug\n"
         "  shiftaddaug-train --model mbv2-tiny --out runs/mine --overwrite   # start over; the old run moves to runs/mine.old-<time>",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -435,8 +438,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mutation", type=float, metavar="F", help="fraction of training over which target layers turn MF (default: 1/3 with shiftaddaug, else 0)")
     p.add_argument("--eta", type=float, default=d.eta, help=f"AdderNet adaptive gradient scale for add layers, 0 = off (default {d.eta})")
     p.add_argument("--weight-bits", type=int, default=d.weight_bits, help=f"shift weight bits (default {d.weight_bits})")
-    p.add_argument("--workers", type=int, default=d.workers, help="data loader workers (image folders)")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="data loader worker processes: decode image folders, gather / resize in-memory images (default 0)")
     p.add_argument("--max-train-images", type=int, metavar="N", help="train on the first N images of the training split")
+    add_device_args(p, resume_note=True)
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-train-<model>-<op>-<aug>); "
                    "an existing run is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run (the old one is moved to DIR.old-<time>)")
@@ -444,16 +449,21 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                    help="data-parallel training with Ray Train on that cluster (needs the ray extra; docs/ray.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    from nas.train.distributed import init_from_env, launched_by_torchrun
+    from nas.train.loop import resolve_device
+
     if args.ray_address:
         from nas.search.ray_adapter import check_ray
 
         check_ray(args.ray_address)  # before anything runs: a one-line error without ray
+        if launched_by_torchrun():
+            raise ConfigError("--ray-address", args.ray_address, "not under torchrun: Ray Train starts its own workers")
     from nas.rundir import claim, heal_train_dir, is_writer, read_run_config
 
     if args.resume:
         if args.overwrite:
             raise ConfigError("--overwrite", True, "not with --resume (it continues the run)")
-        _ignored_on_resume(p, args, honoured=("resume", "quiet", "ray_address"))
+        _ignored_on_resume(p, args, honoured=("resume", "quiet", "ray_address", "device"))
         out = Path(args.resume)
     else:
         if not (args.model or args.arch):
@@ -464,29 +474,45 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             expand_mults=args.expand_mults, mutation=args.mutation, eta=args.eta or None, weight_bits=args.weight_bits,
             dataset=args.dataset, data_root=args.data_root, batch_size=args.batch_size, workers=args.workers,
             max_train_images=args.max_train_images, epochs=args.epochs, lr=args.lr, seed=args.seed,
+            device=args.device or "auto", precision=args.precision,
         ).validate()
         name = f"train-{args.model or Path(args.arch).stem}-{args.op}-{args.aug}"
         out = Path(args.out or default_run_dir(name))
-    with claim(out, "shiftaddaug-train", resume=bool(args.resume), overwrite=args.overwrite):
-        if args.resume:
-            read_run_config(out, "train")  # a damaged, foreign or search directory: one line
-            if is_writer():
-                heal_train_dir(out)
-        if args.resume and args.ray_address:
-            from nas.search.ray_adapter import train as ray_train
+    dist = None
+    if not args.ray_address:
+        # torchrun: join the process group (one process: nothing); the device of this rank
+        spec = args.device or (_run_device(args.resume) if args.resume else None) or "auto"
+        dist, device = init_from_env(resolve_device(spec))
+        out = Path(dist.broadcast_object(str(out)))  # rank 0's (time-stamped) run directory for every rank
+    quiet = args.quiet or (dist is not None and not dist.is_writer)
+    try:
+        with claim(out, "shiftaddaug-train", resume=bool(args.resume), overwrite=args.overwrite):
+            if args.resume:
+                read_run_config(out, "train")  # a damaged, foreign or search directory: one line
+                if is_writer():
+                    heal_train_dir(out)
+            if args.resume and args.ray_address:
+                from nas.search.ray_adapter import train as ray_train
 
-            print(f"resuming {args.resume} on Ray ({args.ray_address})")
-            s = ray_train(args.ray_address, args.resume)["summary"]
-        elif args.resume:
-            trainer = resume_trainer(args.resume, progress=not args.quiet)
-            print(f"resuming {args.resume} at epoch {trainer.epoch}/{trainer.cfg.epochs}")
-            s = trainer.fit()
-        elif args.ray_address:
-            from nas.search.ray_adapter import train as ray_train
+                print(f"resuming {args.resume} on Ray ({args.ray_address})")
+                s = ray_train(args.ray_address, args.resume)["summary"]
+            elif args.resume:
+                # a --device given here moves the run there (and is recorded); torchrun's per-rank GPU is not recorded
+                trainer = resume_trainer(args.resume, progress=not quiet, device=device if dist.active else args.device, dist=dist)
+                if dist.is_writer:
+                    print(f"resuming {args.resume} at epoch {trainer.epoch}/{trainer.cfg.epochs} on {trainer.device}")
+                s = trainer.fit()
+            elif args.ray_address:
+                from nas.search.ray_adapter import train as ray_train
 
-            s = ray_train(args.ray_address, out, cfg)["summary"]
-        else:
-            s = Trainer(cfg, out, progress=not args.quiet).fit()
+                s = ray_train(args.ray_address, out, cfg)["summary"]
+            else:
+                s = Trainer(cfg, out, progress=not quiet, device=device, dist=dist).fit()
+    finally:
+        if dist is not None:
+            dist.shutdown()
+    if dist is not None and not dist.is_writer:
+        return 0  # rank 0 reports
     print()
     print(f"run directory   {out}")
     print(f"TargetNet       {s['target']} ({s['op']}, trained with aug={s['aug']}, remap={s['remap']}, {s['epochs']} epochs)")
@@ -496,6 +522,26 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     print(f"exported        {ex['dir']}  ({cost}; max |logit diff| vs trained model {ex['max_abs_logit_diff']:.1e})")
     print(f"time            {s['train_time_s']:.0f}s")
     return 0
+
+
+def add_device_args(p: argparse.ArgumentParser, resume_note: bool = False) -> None:
+    """--device and --precision (shiftaddaug-train and shiftaddaug-search)."""
+    from nas.train.loop import DEVICE_HELP, PRECISIONS
+
+    p.add_argument("--device", metavar="DEV", help=f"where to compute: {DEVICE_HELP} (default auto"
+                   + ("; with --resume: the run's own, or move it here" if resume_note else "") + "); under torchrun "
+                   "cuda / auto put each rank on its LOCAL_RANK GPU")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="fp32 (default), or bf16 / fp16 autocast of the multiplicative layers (faster on GPUs); "
+                   "multiplication-free layers always compute in fp32; fp16 adds loss scaling")
+
+
+def _run_device(run_dir: str) -> str | None:
+    """The --device a training run was started with (None when its config cannot be read here)."""
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text())["train"].get("device")
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 @_friendly
@@ -523,17 +569,21 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--budget", default=d.budget, help=f"energy (mJ, uJ, J) or latency (ms, us, s) budget of the TargetNet, e.g. 20mJ, 300uJ, 5ms (default {d.budget})")
     p.add_argument("--op", choices=("shift", "add"), default=d.op, help=f"multiplication-free operator of the TargetNet (default {d.op})")
     p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset,
-                   help="quick: minutes on a laptop CPU with the bundled data; paper: the paper's scale (CIFAR-100 at 160, GPU-days); "
+                   help="quick: minutes on a laptop CPU with the bundled data; paper: the paper's recipe on one GPU "
+                   "(CIFAR-100 at 160 px, 250 epochs of final training; docs/paper-recipe.md); "
                    "imagenet: 224 px, 1000 classes, an image folder (--data-root), GPU-weeks")
     p.add_argument("--space", help="search space YAML file or shipped name (default: the preset's: tiny / paper160 / mobile224)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset,
-                   help="default: the preset's (folder for imagenet), else mnist5k; " + "; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
+                   help="default: the preset's (cifar100 for paper, folder for imagenet), else mnist5k; "
+                   + "; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
     p.add_argument("--data-root", metavar="PATH", help="dataset location (CIFAR python folder or image folder)")
+    add_device_args(p)
+    p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (default 0)")
     p.add_argument("--hardware", metavar="NAME|FILE", help="hardware model of the energy / latency price list (default eyeriss-45nm)")
     p.add_argument("--bits", type=int, choices=(32, 16, 8), default=d.bits, help="operand width of the energy model (default 32)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-search-<op>-<budget>); an existing run is refused unless --overwrite")
-    p.add_argument("--resume", metavar="DIR", help="continue a killed run from its directory (other options are ignored)")
+    p.add_argument("--resume", metavar="DIR", help="continue a killed run from its directory (other options but --device are ignored)")
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run (the old one is moved to DIR.old-<time>)")
     p.add_argument("--ray-address", metavar="local|auto|HOST:PORT", help="run the search on a Ray cluster (needs the ray extra)")
     g = p.add_argument_group("overrides of the preset")
@@ -550,6 +600,11 @@ def search_main(argv: Sequence[str] | None = None) -> int:
                    help="print one JSON object: the --dry-run preview, or the run's summary (implies --quiet)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    from nas.train.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise ConfigError("torchrun", "shiftaddaug-search", "the search runs data-parallel through --ray-address; "
+                          "torchrun takes shiftaddaug-train")
     if args.dry_run:
         if args.resume:
             cfg = SearchRun.resume(args.resume, progress=False).cfg
@@ -565,12 +620,13 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     if args.resume:
         if args.overwrite:
             raise ConfigError("--overwrite", True, "not with --resume (it continues the run)")
-        _ignored_on_resume(p, args)
+        _ignored_on_resume(p, args, honoured=("resume", "quiet", "json", "device"))
         out = Path(args.resume)
     else:
         cfg = SearchConfig(budget=args.budget, op=args.op, preset=args.preset, space=args.space, dataset=args.dataset,
                            data_root=args.data_root, hardware=args.hardware, bits=args.bits, seed=args.seed,
-                           ray_address=args.ray_address,
+                           ray_address=args.ray_address, device=args.device or "auto", precision=args.precision,
+                           workers=args.workers,
                            **{k: getattr(args, k) for k in ("supernet_epochs", "population", "generations", "trials", "final_epochs",
                                                              "batch_size", "max_train_images", "eval_images", "bn_images")})
         cfg.resolved()  # bad options fail before the run directory is touched
@@ -582,6 +638,8 @@ def search_main(argv: Sequence[str] | None = None) -> int:
     with claim(out, "shiftaddaug-search", resume=bool(args.resume), overwrite=args.overwrite):
         if args.resume:
             run = SearchRun.resume(args.resume, progress=not args.quiet)
+            if args.device:  # continue the remaining steps on another device
+                run.cfg.device = args.device
             print(f"resuming {args.resume}; finished steps: {', '.join(run.state['done']) or 'none'}",
                   file=sys.stderr if args.json else sys.stdout)
         else:

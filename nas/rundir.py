@@ -191,6 +191,7 @@ def claim(folder: str | Path, command: str, *, resume: bool = False, overwrite: 
             lock.release()
             lock = None
             note(f"note: --overwrite: the previous run moved to {moved}")
+    created = not folder.exists()
     if lock is None:
         folder.mkdir(parents=True, exist_ok=True)
         lock = RunLock(folder, command).acquire()
@@ -199,8 +200,10 @@ def claim(folder: str | Path, command: str, *, resume: bool = False, overwrite: 
     except BaseException:
         lock.release()
         raise
+    failed = True
     try:
         yield folder
+        failed = False
     except OSError as e:  # the one-line message names the run to resume (``describe_os_error``)
         if getattr(e, "run_dir", None) is None:
             e.run_dir = folder
@@ -209,6 +212,20 @@ def claim(folder: str | Path, command: str, *, resume: bool = False, overwrite: 
         if parent is not None:
             os.close(parent)
         lock.release()
+        if failed and created:
+            _remove_if_empty(folder)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Undo the creation of a run directory when the run stopped before writing anything in it
+    (bad input found after the directory was claimed): leave nothing behind but what was computed."""
+    try:
+        names = {p.name for p in folder.iterdir()}
+        if names <= {LOCK_NAME}:
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass
 
 
 def _share_parent_lock(folder: Path) -> int | None:
@@ -258,7 +275,7 @@ def read_run_config(run_dir: str | Path, kind: str, flag: str = "--resume") -> d
     if isinstance(d, dict) and kind not in d and (other in d or d.get("kind") == other):
         raise ConfigError(flag, str(run_dir), f"a shiftaddaug-{kind} run directory; this one was written by "
                           f"shiftaddaug-{other}: continue it with shiftaddaug-{other} --resume {run_dir}")
-    check_keys(d, str(path), {"schema_version", "kind", kind}, {kind})
+    check_keys(d, str(path), {"schema_version", "kind", kind, "runtime"}, {kind})  # runtime: where it computed
     if d.get("schema_version", 1) != 1:
         raise ConfigError(f"{path}.schema_version", d.get("schema_version"), "this version reads 1")
     if not isinstance(d[kind], dict):

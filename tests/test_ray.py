@@ -36,7 +36,8 @@ SMALL = dict(supernet_epochs=1, population=4, generations=2, trials=6, final_epo
 # ---------------------------------------------------------------------------------- ray stays optional
 def test_ray_is_imported_lazily_and_only_by_the_adapter():
     code = ("import sys\n"
-            "import nas, nas.cli, nas.search.pipeline, nas.search.ray_adapter, nas.supernet.train, nas.train.trainer\n"
+            "import nas, nas.cli, nas.search.pipeline, nas.search.ray_adapter, nas.supernet.train, nas.train.trainer, "
+            "nas.train.loop, nas.train.distributed\n"
             "from nas.search.ray_adapter import RayOptions\n"
             "RayOptions.from_env({'SHIFTADDAUG_RAY_MAX_CONCURRENT': '1'})\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
@@ -65,7 +66,7 @@ def test_without_ray_the_option_says_how_to_install_it(monkeypatch, tmp_path, ca
     # the local path needs no ray at all
     run = SearchRun(SearchConfig(**SMALL), tmp_path / "local", progress=False)
     run.setup()
-    assert run.check_budget()["binding"]
+    assert run.check_budget()["binds"]
 
 
 def test_options_from_the_environment():

@@ -348,6 +348,7 @@ def test_os_errors_become_one_line_naming_the_file(tmp_path):
                 raise OSError(err, os.strerror(err), str(tmp_path / "run" / name) if filename else None)
         return rundir.describe_os_error(e.value)
 
+    (tmp_path / "run").mkdir()  # (a directory the failing run created itself is removed again: tested below)
     line, code = failing("config.json")
     assert code == 1 and line.endswith("free some space; then run the same command again")  # nothing to resume yet
     (tmp_path / "run" / "config.json").write_text("{}")
@@ -356,6 +357,18 @@ def test_os_errors_become_one_line_naming_the_file(tmp_path):
                                   f"then continue with --resume {tmp_path}/run")
     line, _ = failing("x", errno.EACCES, filename=False)  # no file name: the run directory
     assert line.startswith(f"permission denied ({tmp_path}/run); make ") and line.endswith(f"--resume {tmp_path}/run")
+
+
+def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path):
+    with pytest.raises(ConfigError):
+        with claim(tmp_path / "new" / "run", "train"):
+            raise ConfigError("dataset", "x", "a dataset")
+    assert not (tmp_path / "new" / "run").exists()
+    with pytest.raises(ConfigError):  # something was written: the directory stays
+        with claim(tmp_path / "kept", "train"):
+            (tmp_path / "kept" / "config.json").write_text("{}")
+            raise ConfigError("dataset", "x", "a dataset")
+    assert (tmp_path / "kept" / "config.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------ kernel cache

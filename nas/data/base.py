@@ -1,8 +1,16 @@
 """What every dataset reader returns: three splits, class names and normalisation constants.
 
 A split is anything with ``labels`` (int64, one per image), ``__len__``, ``subset(indices)`` and
-``batches(index_batches, resolution, num_workers)`` yielding ``(uint8 images (B, C, R, R), labels)``.
-Two kinds exist: ``TensorSplit`` (images held in memory) and ``folder.FileSplit`` (decoded lazily).
+``batches(index_batches, resolution, num_workers, device)`` yielding ``(uint8 images (B, C, R, R),
+labels)`` in the order of ``index_batches``. Two kinds exist: ``TensorSplit`` (images held in
+memory) and ``folder.FileSplit`` (decoded lazily).
+
+With ``num_workers > 0`` both read through one ``torch.utils.data.DataLoader`` per split and
+resolution (``WorkerLoader``): worker processes gather / resize (TensorSplit) or decode
+(FileSplit) the batches, stay alive from one epoch to the next (persistent workers) and hand
+over page-locked (pinned) memory when the batches go to a CUDA device. Workers draw no random
+numbers (augmentation happens afterwards, from the loader's seeded generators, on the batch's
+device), so the batches are the same with any number of workers.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from .transforms import resize_uint8
 
@@ -34,6 +43,7 @@ class TensorSplit:
         self.images = images
         self.labels = labels.to(torch.int64)
         self._resized: dict[int, Tensor] = {}
+        self._loaders: dict[tuple, WorkerLoader] = {}
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -53,15 +63,72 @@ class TensorSplit:
         return self._resized[resolution]
 
     def batches(
-        self, index_batches: Sequence[Tensor], resolution: int, num_workers: int = 0
+        self, index_batches: Sequence[Tensor], resolution: int, num_workers: int = 0, device: Any = None
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        # num_workers is ignored: indexing an in-memory tensor needs no worker processes.
+        """Batches on the CPU; without a resized copy (too big to cache) and with ``device``
+        given, each batch is resized there (a GPU resizes a batch far faster than a CPU)."""
         images = self.at_resolution(resolution)
+        if num_workers > 0:  # workers gather (and resize) batches while the model trains
+            key = (resolution, num_workers, pin_for(device))
+            if key not in self._loaders:
+                self._loaders[key] = WorkerLoader(_TensorBatches(self, images, resolution), num_workers, key[2], per_image=False)
+            yield from self._loaders[key](index_batches)
+            return
         for idx in index_batches:
             if images is None:
-                yield resize_uint8(self.images[idx], resolution), self.labels[idx]
+                yield resize_uint8(self.images[idx].to(device), resolution), self.labels[idx]
             else:
                 yield images[idx], self.labels[idx]
+
+
+class _TensorBatches:
+    """Whole batches of a TensorSplit as DataLoader items (workers index and resize)."""
+
+    def __init__(self, split: TensorSplit, images: Tensor | None, resolution: int):
+        self.images, self.labels, self.resolution = split.images if images is None else images, split.labels, resolution
+        self.resize = images is None
+
+    def __getitem__(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.images[idx]
+        return (resize_uint8(x, self.resolution) if self.resize else x), self.labels[idx]
+
+
+def pin_for(device: Any) -> bool:
+    """Whether batches bound for ``device`` should come in pinned memory (CUDA: faster, asynchronous copies)."""
+    return device is not None and torch.device(device).type == "cuda"
+
+
+class _BatchList:
+    """A batch sampler whose batches are set before each pass, so that one DataLoader (and its
+    persistent workers) serves every epoch. It runs in the main process: workers only see indices."""
+
+    def __init__(self):
+        self.batches: list = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class WorkerLoader:
+    """One DataLoader with ``num_workers`` persistent workers over a split's items; call it with
+    the index batches of a pass. ``per_image``: the dataset returns one image (DataLoader
+    collates) or, otherwise, a whole batch for an index tensor."""
+
+    def __init__(self, dataset: Any, num_workers: int, pin_memory: bool, per_image: bool, collate_fn: Any = None):
+        self.sampler = _BatchList()
+        self.per_image = per_image
+        kw = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+        if per_image:
+            self.loader = DataLoader(dataset, batch_sampler=self.sampler, collate_fn=collate_fn, **kw)
+        else:
+            self.loader = DataLoader(dataset, batch_size=None, sampler=self.sampler, **kw)
+
+    def __call__(self, index_batches: Sequence[Tensor]) -> Iterator:
+        self.sampler.batches = [idx.tolist() for idx in index_batches] if self.per_image else list(index_batches)
+        yield from self.loader
 
 
 @dataclass

@@ -1,5 +1,8 @@
 """``folder``: any image folder, one subfolder per class, decoded lazily by DataLoader workers.
 
+ImageNet's layout (``ROOT/train/<wnid>/*.JPEG``, ``ROOT/val/<wnid>/*.JPEG``) is the second layout
+below; JPEGs are decoded at reduced size (PIL's draft mode) when the target resolution allows.
+
 Layouts: ``ROOT/<class>/*.png`` (split here: a fixed stratified 80/10/10 per class), or
 ``ROOT/train/<class>/...`` + ``ROOT/val/<class>/...`` (+ optional ``ROOT/test/``; without it the
 test loader reads val). Class names are the sorted subfolder names of the training part.
@@ -14,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from .base import DatasetSplits, stratified_split
+from .base import DatasetSplits, WorkerLoader, pin_for, stratified_split
 from .transforms import channel_stats
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -121,6 +124,7 @@ class FileSplit:
     def __init__(self, paths: list[str], labels: Tensor):
         self.paths = paths
         self.labels = labels
+        self._loaders: dict[tuple, WorkerLoader] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -128,15 +132,13 @@ class FileSplit:
     def subset(self, indices: Tensor) -> FileSplit:
         return FileSplit([self.paths[i] for i in indices.tolist()], self.labels[indices])
 
-    def batches(self, index_batches, resolution: int, num_workers: int = 0):
+    def batches(self, index_batches, resolution: int, num_workers: int = 0, device=None):
         # The batch order is fixed by the caller; workers only decode, and DataLoader keeps order.
-        loader = DataLoader(
-            _Decoded(self.paths, self.labels, resolution),
-            batch_sampler=[idx.tolist() for idx in index_batches],
-            num_workers=num_workers,
-            collate_fn=_collate,
-        )
-        for images, labels in loader:
+        key = (resolution, num_workers, pin_for(device))
+        if key not in self._loaders:
+            self._loaders[key] = WorkerLoader(_Decoded(self.paths, self.labels, resolution), num_workers, key[2],
+                                              per_image=True, collate_fn=_collate)
+        for images, labels in self._loaders[key](index_batches):
             if images is None:
                 raise ConfigError(*labels)
             yield images, labels

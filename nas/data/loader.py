@@ -86,8 +86,13 @@ class EvalBatches:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = torch.arange(len(self.split))
         index_batches = list(order.split(self.batch_size))
-        for images, labels in self.split.batches(index_batches, self.resolution, self.num_workers):
-            yield self.transform(images.to(self.device)), labels.to(self.device)
+        for images, labels in self.split.batches(index_batches, self.resolution, self.num_workers, self.device):
+            yield self.transform(_to(images, self.device)), _to(labels, self.device)
+
+
+def _to(t: Tensor, device) -> Tensor:
+    # non_blocking: an asynchronous copy from pinned memory (workers pin batches bound for CUDA)
+    return t if device is None else t.to(device, non_blocking=True)
 
 
 class TrainBatches:
@@ -105,6 +110,16 @@ class TrainBatches:
         self.num_workers, self.device = num_workers, device
         self._epoch = 0
         self._batch = 0  # index of the next batch within the epoch
+        self.rank, self.world_size = 0, 1
+
+    def set_shard(self, rank: int, world_size: int) -> None:
+        """Data-parallel training: this rank takes the images ``rank``, ``rank + world_size``, ...
+        of every batch (``DistributedSampler``'s shard), augmented as in the one-process run."""
+        per_rank = self.batch_size // world_size
+        if self.batch_size % world_size or per_rank < 2:
+            raise ConfigError("batch_size", self.batch_size, f"a multiple of the {world_size} ranks with at least 2 images "
+                              "per rank (every rank takes batch_size / ranks images of each batch; BatchNorm needs 2)")
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         n = len(self.split)
@@ -150,10 +165,15 @@ class TrainBatches:
         epoch, start, bs = self._epoch, self._batch, self.batch_size
         order = self.epoch_order(epoch)
         index_batches = [order[b * bs : (b + 1) * bs] for b in range(start, len(self))]
-        batches = self.split.batches(index_batches, self.resolution, self.num_workers)
+        sizes = [len(idx) for idx in index_batches]
+        if self.world_size > 1:
+            index_batches = [idx[self.rank :: self.world_size] for idx in index_batches]
+        batches = self.split.batches(index_batches, self.resolution, self.num_workers, self.device)
         for b, (images, labels) in enumerate(batches, start):
             gen = _generator(self.seed, _STREAM_AUGMENT, epoch, b) if self.augment else None
-            x, y = self.transform(images.to(self.device), gen), labels.to(self.device)
+            n = sizes[b - start]
+            rows = None if self.world_size == 1 else (n, torch.arange(self.rank, n, self.world_size))
+            x, y = self.transform(_to(images, self.device), gen, rows), _to(labels, self.device)
             self._batch = b + 1  # before yielding: a state_dict taken now points past this batch
             yield x, y
         self._normalise_position()
@@ -219,7 +239,10 @@ def build_loaders(
     caches). ``augment`` switches training augmentation on; ``augment_kind`` ("crop", "rrc",
     "none") and ``flip`` override the dataset's defaults. ``max_train_images`` keeps a fixed
     stratified subset of the training split (quick searches). ``device`` moves batches there
-    before the transform, so augmentation runs on the GPU when there is one.
+    before the transform, so augmentation runs on the GPU when there is one. ``num_workers``
+    worker processes prepare the batches (decode image files, gather and resize in-memory
+    images; persistent across epochs, pinned memory for CUDA); 0 reads in this process. The
+    batches are the same for any number of workers.
     """
     resolution = _positive_int("resolution", resolution, 8)
     batch_size = _positive_int("batch_size", batch_size)
@@ -294,8 +317,8 @@ def calibration_batches(
     n = min(n_images, len(split))
     picks = torch.randperm(len(split), generator=_generator(seed, _STREAM_CALIBRATION))[:n]
     out = []
-    batches = split.batches(list(picks.split(batch_size)), res, 0)
+    batches = split.batches(list(picks.split(batch_size)), res, 0, device)
     for b, (images, labels) in enumerate(batches):
         gen = _generator(seed, _STREAM_CALIBRATION, b) if augment else None
-        out.append((transform(images.to(device), gen), labels.to(device)))
+        out.append((transform(_to(images, device), gen), _to(labels, device)))
     return out

@@ -3,6 +3,10 @@
 Every function takes a whole batch ``(B, C, H, W)`` and draws its random numbers from an explicit
 CPU ``torch.Generator``: the draws are a few numbers per image, so they stay on the CPU (the same
 images on any device) while the pixel work runs on whatever device the batch lives on.
+
+``rows=(n, keep)`` is a shard of a batch of ``n`` images (data-parallel training): the numbers are
+drawn for all ``n`` images and the shard keeps those of its rows ``keep``, so every image is
+augmented exactly as in the one-process run.
 """
 
 from __future__ import annotations
@@ -48,14 +52,24 @@ def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...],
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def random_crop(images: Tensor, padding: int, gen: torch.Generator) -> Tensor:
+def _draw(t: Tensor, rows) -> Tensor:
+    """Per-image draws of a whole batch, cut to a shard's rows."""
+    return t if rows is None else t[rows[1]]
+
+
+def _n(images: Tensor, rows) -> int:
+    return images.shape[0] if rows is None else rows[0]
+
+
+def random_crop(images: Tensor, padding: int, gen: torch.Generator, rows=None) -> Tensor:
     """Zero-pad by ``padding`` and cut a random same-size window per image (one gather, no loop)."""
     if padding <= 0:
         return images
     b, c, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
-    oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(images.device)
-    ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(images.device)
+    n = _n(images, rows)
+    oy = _draw(torch.randint(0, 2 * padding + 1, (n,), generator=gen), rows).to(images.device)
+    ox = _draw(torch.randint(0, 2 * padding + 1, (n,), generator=gen), rows).to(images.device)
     rows = (oy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
     cols = (ox[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
     bi = torch.arange(b, device=images.device)[:, None, None, None]
@@ -68,21 +82,23 @@ def random_resized_crop(
     gen: torch.Generator,
     scale: tuple[float, float] = (0.25, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    rows=None,
 ) -> Tensor:
     """Random-resized-crop "lite" on a float batch: one affine grid_sample for the whole batch.
 
     Lite, because torchvision retries until the box fits; here the box side is clamped to the
     image instead, so the area distribution is slightly skewed towards larger crops.
     """
-    b = images.shape[0]
-    area = torch.empty(b).uniform_(scale[0], scale[1], generator=gen)
-    log_r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    n, b = _n(images, rows), images.shape[0]
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=gen)
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
     r = log_r.exp()
     w = (area * r).sqrt().clamp_(max=1.0)  # box width / image width
     h = (area / r).sqrt().clamp_(max=1.0)
     # Box centre in grid_sample's [-1, 1] coordinates, keeping the box inside the image.
-    cx = (torch.rand(b, generator=gen) * 2 - 1) * (1 - w)
-    cy = (torch.rand(b, generator=gen) * 2 - 1) * (1 - h)
+    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
+    w, h, cx, cy = (_draw(t, rows) for t in (w, h, cx, cy))
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = w, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
@@ -91,9 +107,9 @@ def random_resized_crop(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def random_hflip(images: Tensor, gen: torch.Generator) -> Tensor:
+def random_hflip(images: Tensor, gen: torch.Generator, rows=None) -> Tensor:
     """Mirror each image with probability 1/2."""
-    flip = (torch.rand(images.shape[0], generator=gen) < 0.5).to(images.device)
+    flip = _draw(torch.rand(_n(images, rows), generator=gen) < 0.5, rows).to(images.device)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
@@ -104,7 +120,8 @@ class BatchTransform:
     ``augment`` is "crop" (zero-pad by ``padding`` px and random crop; CIFAR/MNIST style), "rrc"
     (random-resized-crop lite; photo folders) or "none". ``mean``/``std`` are per stored channel
     in [0, 1] units; a 1-channel source is repeated to ``out_channels`` after normalising.
-    Called with ``gen=None`` it is the evaluation transform (no augmentation at all).
+    Called with ``gen=None`` it is the evaluation transform (no augmentation at all); ``rows``:
+    the batch is a shard (module docstring).
     """
 
     mean: tuple[float, ...]
@@ -114,18 +131,18 @@ class BatchTransform:
     padding: int = 4
     out_channels: int = 3
 
-    def __call__(self, images: Tensor, gen: torch.Generator | None = None) -> Tensor:
+    def __call__(self, images: Tensor, gen: torch.Generator | None = None, rows=None) -> Tensor:
         train = gen is not None
         if train and self.augment == "crop":
-            images = random_crop(images, self.padding, gen)
+            images = random_crop(images, self.padding, gen, rows)
         if train and self.flip:  # on uint8: a quarter of the bytes of the float batch
-            images = random_hflip(images, gen)
+            images = random_hflip(images, gen, rows)
         # One fused multiply-add does both /255 and (x - mean) / std.
         scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=images.device)
         shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=images.device)
         x = images.float().mul_(scale[:, None, None]).sub_(shift[:, None, None])
         if train and self.augment == "rrc":
-            x = random_resized_crop(x, gen)
+            x = random_resized_crop(x, gen, rows=rows)
         if x.shape[1] != self.out_channels:
             x = x.expand(-1, self.out_channels, -1, -1).contiguous()
         return x

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.ops import create_conv, create_linear
+from nas.ops.precision import full_precision, to_float32
 from nas.ops.remap import Remap
 
 MF_OPS = ("shift", "add")
@@ -156,6 +157,11 @@ class HybridConv2d(nn.Module):
             return self.remap(_crop(self.weight[: self.mf_out], self.active_kernel))
         return self.remap(_crop(self.weight[: self.mf_out, : self.mf_in], self.active_kernel))
 
+    def _mf_forward(self, x: torch.Tensor, pad: int, groups: int) -> torch.Tensor:
+        # the MF prefix, remap included, in float32 under any autocast precision (nas.ops.precision says why)
+        with full_precision(x):
+            return mf_conv2d(self.mf_op, to_float32(x), self.mf_weight(), self.stride, pad, groups, self.op_options[self.mf_op])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cin = x.shape[1]
         k = self.active_kernel
@@ -165,8 +171,7 @@ class HybridConv2d(nn.Module):
             y = F.conv2d(x, w, None, self.stride, pad, 1, cin if self.depthwise else 1)
         elif self.depthwise:
             n = self.mf_out
-            opts = self.op_options[self.mf_op]
-            y = mf_conv2d(self.mf_op, x[:, :n], self.mf_weight(), self.stride, pad, n, opts)
+            y = self._mf_forward(x[:, :n], pad, n)
             if self.active_out > n:
                 ya = F.conv2d(x[:, n : self.active_out], w[n:], None, self.stride, pad, 1, self.active_out - n)
                 y = torch.cat([y, ya], 1)
@@ -174,8 +179,7 @@ class HybridConv2d(nn.Module):
             n, m = self.mf_out, self.mf_in
             if m > cin:
                 raise ValueError(f"MF prefix of {m} input channels but the input has {cin}")
-            opts = self.op_options[self.mf_op]
-            y = mf_conv2d(self.mf_op, x[:, :m], self.mf_weight(), self.stride, pad, 1, opts)
+            y = self._mf_forward(x[:, :m], pad, 1)
             if cin > m:  # target outputs also see the augmented inputs, multiplicatively
                 part = F.conv2d(x[:, m:], w[:n, m:], None, self.stride, pad)
                 y = y + (_match_scale(part, y) if self.branch_norm else part)
@@ -232,7 +236,8 @@ class HybridLinear(nn.Module):
         if m == 0:
             y = F.linear(x, w)
         else:
-            y = mf_linear(self.mf_op, x[:, :m], self.remap(w[:, :m]), self.op_options[self.mf_op])
+            with full_precision(x):  # in float32, as HybridConv2d's MF prefix
+                y = mf_linear(self.mf_op, to_float32(x[:, :m]), self.remap(w[:, :m]), self.op_options[self.mf_op])
             if cin > m:
                 y = y + F.linear(x[:, m:], w[:, m:])
         return y if self.bias is None else y + self.bias

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 
 from nas.errors import ConfigError
 from nas.ops import _check_choice, _check_int, _conv_config, _conv_repr, _conv_terms, _numel, op_counts
+from nas.ops.precision import full_precision, to_float32
 
 __all__ = [
     "SHIFT_TYPES",
@@ -408,8 +409,9 @@ class ShiftConv2d(_ShiftMixin, nn.Module):
         self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, bias = self._quantise_io(x)
-        return F.conv2d(x, self.effective_weight(), bias, self.stride, self.padding, self.dilation, self.groups)
+        with full_precision(x):  # float32 under autocast too (nas.ops.precision)
+            x, bias = self._quantise_io(to_float32(x))
+            return F.conv2d(x, self.effective_weight(), bias, self.stride, self.padding, self.dilation, self.groups)
 
     def count_ops(self, out_shape) -> dict[str, int]:
         k = _conv_terms(self.in_channels, self.groups, self.kernel_size)
@@ -450,8 +452,9 @@ class ShiftLinear(_ShiftMixin, nn.Module):
         self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, bias = self._quantise_io(x)
-        return F.linear(x, self.effective_weight(), bias)
+        with full_precision(x):  # float32 under autocast too (nas.ops.precision)
+            x, bias = self._quantise_io(to_float32(x))
+            return F.linear(x, self.effective_weight(), bias)
 
     def count_ops(self, out_shape) -> dict[str, int]:
         return op_counts("shift", self.in_features, _numel(out_shape), self.bias is not None)

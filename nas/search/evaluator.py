@@ -2,7 +2,7 @@
 
 ``Evaluator`` measures a configuration of a trained DynamicNet the way OFA does: BatchNorm
 statistics re-estimated on a fixed set of cached training batches, then accuracy on cached
-validation batches. Results are cached by the canonical architecture id (plus the block indices),
+validation batches, on the device the network and the batches live on, under the run's precision. Results are cached by the canonical architecture id (plus the block indices),
 so a search never pays twice for the same network.
 
 ``Pricer`` prices the MF version of a network for a budget, from the space's lookup table (layer
@@ -16,13 +16,15 @@ import torch
 from nas.arch import Arch
 from nas.cost.budget import Budget
 from nas.train.bn import reset_bn
+from nas.train.loop import autocast
 
 
 class Evaluator:
-    def __init__(self, net, calib_batches, val_batches):
+    def __init__(self, net, calib_batches, val_batches, precision: str = "fp32"):
         self.net = net
         self.calib = calib_batches
         self.val = val_batches
+        self.precision = precision
         self.cache: dict[str, float] = {}
         self.calls = 0
 
@@ -38,12 +40,13 @@ class Evaluator:
             return self.cache[k]
         self.calls += 1
         self.net.set_active_subnet(arch, blocks)
-        reset_bn(self.net, self.calib)
-        self.net.eval()
-        correct = total = 0
-        for x, y in self.val:
-            correct += (self.net(x).argmax(1) == y).sum().item()
-            total += y.numel()
+        with autocast(next(self.net.parameters()).device, self.precision):
+            reset_bn(self.net, self.calib)
+            self.net.eval()
+            correct = total = 0
+            for x, y in self.val:
+                correct += (self.net(x).argmax(1) == y).sum().item()
+                total += y.numel()
         acc = 100.0 * correct / total
         self.cache[k] = acc
         return acc

@@ -45,9 +45,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # minutes on a 2-core CPU with the bundled dataset
     "quick": dict(space="tiny", supernet_epochs=4, population=12, generations=4, trials=30, final_epochs=8,
                   batch_size=64, lr=0.05, eval_images=500, bn_images=500, max_train_images=None),
-    # the paper's scale (CIFAR-100 at 160x160): GPU-days
+    # the paper's scale (CIFAR-100 at 160x160, one GPU): NetAug's recipe, docs/paper-recipe.md says why
     "paper": dict(space="paper160", supernet_epochs=120, population=100, generations=20, trials=300, final_epochs=250,
-                  batch_size=128, lr=0.05, eval_images=10000, bn_images=2000, max_train_images=None),
+                  batch_size=128, lr=0.025, eval_images=10000, bn_images=2000, max_train_images=None,
+                  dataset="cifar100", warmup_epochs=5.0),
     # ImageNet (an image folder with train/ and val/, --data-root) at 224x224, 1000 classes, where
     # ImageNet-scale budgets such as 20 mJ bind for shift and add: GPU-weeks. OFA-like recipe:
     # BN re-estimated on 2000 training images, candidates ranked on 10,000 held-out images.
@@ -58,6 +59,7 @@ DEFAULT_DATASET = "mnist5k"  # when neither --dataset nor the preset names one
 # Class counts of the datasets that fix theirs; a folder's is known only once it is read.
 DATASET_CLASSES = {"mnist5k": 10, "cifar10": 10, "cifar100": 100}
 LOG_AXIS_SPAN = 10.0  # the Pareto plot's cost axis turns logarithmic when candidates span more than this factor
+PRESET_DEFAULTS: dict[str, Any] = {"warmup_epochs": 1.0}  # what a preset that does not say uses
 STATE_VERSION = 1
 
 
@@ -67,7 +69,7 @@ class SearchConfig:
     op: str = "shift"
     preset: str = "quick"
     space: str | None = None
-    dataset: str | None = None  # None: the preset's, else DEFAULT_DATASET
+    dataset: str | None = None  # None: the preset's (paper: cifar100, imagenet: folder), else DEFAULT_DATASET
     data_root: str | None = None
     hardware: str | None = None
     bits: int = 32
@@ -87,6 +89,10 @@ class SearchConfig:
     max_train_images: int | None = None
     aug_multiples: list[float] | None = None
     ray_address: str | None = None
+    warmup_epochs: float | None = None  # of ShiftAddAug training
+    device: str = "auto"  # auto (CUDA when available, else CPU), cpu, cuda, cuda:N
+    precision: str = "fp32"  # fp32, bf16, fp16: autocast of the multiplicative layers (MF layers: fp32)
+    workers: int = 0  # data loader worker processes
 
     def resolved(self) -> "SearchConfig":
         """Fill every unset field from the preset and validate."""
@@ -96,13 +102,21 @@ class SearchConfig:
             raise ConfigError("--op", self.op, "allowed: shift, add (the TargetNet is multiplication-free)")
         parse_budget(self.budget)
         d = dataclasses.asdict(self)
-        for k, v in PRESETS[self.preset].items():
+        preset = {**PRESET_DEFAULTS, **PRESETS[self.preset]}
+        if d["lr"] is None and d["batch_size"] not in (None, preset["batch_size"]):  # linear scaling: the preset's lr is for its batch
+            d["lr"] = preset["lr"] * d["batch_size"] / preset["batch_size"]
+        for k, v in preset.items():
             if d.get(k) is None:
                 d[k] = v
         d["dataset"] = d["dataset"] or DEFAULT_DATASET
         for k in ("supernet_epochs", "population", "generations", "trials", "final_epochs", "batch_size", "eval_images", "bn_images"):
             if not isinstance(d[k], int) or d[k] < 1:
                 raise ConfigError(f"--{k.replace('_', '-')}", d[k], "expected a positive integer")
+        if isinstance(d["workers"], bool) or not isinstance(d["workers"], int) or d["workers"] < 0:
+            raise ConfigError("--workers", d["workers"], "expected an integer >= 0")
+        from nas.train.loop import check_precision
+
+        check_precision(d["precision"])
         return SearchConfig(**d)
 
     def to_dict(self) -> dict:
@@ -141,10 +155,14 @@ class SearchRun:
         from nas.data import build_loaders, calibration_batches
         from nas.search.evaluator import Pricer
 
+        from nas.train.loop import resolve_device
+
         c = self.cfg
         base = SearchSpace.load(c.space)  # bad input fails here, before the run directory exists
+        self.device = resolve_device(c.device)
         self.loaders = build_loaders(c.dataset, c.data_root, resolution=base.resolution, batch_size=c.batch_size,
-                                     seed=c.seed, max_train_images=c.max_train_images)
+                                     seed=c.seed, max_train_images=c.max_train_images, num_workers=c.workers,
+                                     device=self.device)
         self.out.mkdir(parents=True, exist_ok=True)
         if not (self.out / "config.json").is_file():
             atomic_write_json(self.out / "config.json", {"schema_version": 1, "kind": "search", "search": c.to_dict()})
@@ -177,13 +195,15 @@ class SearchRun:
         return info
 
     # ------------------------------------------------------------------------------ steps
-    def supernet_trainer(self):
-        """The run's SupernetTrainer (also built by every Ray Train worker, nas.search.ray_adapter)."""
+    def supernet_trainer(self, **dist):
+        """The run's SupernetTrainer (also built by every Ray Train worker, nas.search.ray_adapter,
+        which passes ``dist``)."""
         from nas.supernet.train import SupernetTrainer
 
         c = self.cfg
         return SupernetTrainer(self.space, c.op, self.loaders, self.out, epochs=c.supernet_epochs, lr=c.lr, seed=c.seed,
-                               remap=c.remap, op_options={"add": {"eta": c.eta}}, progress=self.progress)
+                               remap=c.remap, op_options={"add": {"eta": c.eta}}, progress=self.progress,
+                               device=self.device, precision=c.precision, **dist)
 
     def run_supernet(self):
         c = self.cfg
@@ -191,8 +211,6 @@ class SearchRun:
         if "supernet" not in self.state["done"]:
             t0 = time.time()
             if c.ray_address:  # Ray Train: data-parallel workers; rank 0 writes supernet.pt and the log
-                import torch
-
                 from nas.search.ray_adapter import train_supernet
 
                 train_supernet(self)
@@ -270,6 +288,7 @@ class SearchRun:
         tc = TrainConfig(model=None, op=c.op, aug=c.aug, remap=c.remap, eta=c.eta, dataset=c.dataset, data_root=c.data_root,
                          resolution=self.space.resolution, batch_size=c.batch_size, epochs=c.final_epochs, lr=c.lr,
                          seed=c.seed, max_train_images=c.max_train_images, bn_images=c.bn_images,
+                         warmup_epochs=min(c.warmup_epochs, c.final_epochs), device=c.device, precision=c.precision, workers=c.workers,
                          subnet=subnet.to_dict(), target_arch=target["target"], target_blocks=target["blocks"],
                          inherit=str(self.out / "supernet.pt"))
         if (train_dir / "config.json").is_file():  # resume it, if it trains this TargetNet
@@ -284,7 +303,7 @@ class SearchRun:
             s = train_target(self, tc)
         else:
             if tc is None:
-                trainer = resume_trainer(train_dir, progress=self.progress, export_dir=self.out / "target")
+                trainer = resume_trainer(train_dir, progress=self.progress, export_dir=self.out / "target", device=c.device)
             else:
                 trainer = Trainer(tc, train_dir, progress=self.progress, export_dir=self.out / "target")
             s = trainer.fit()
@@ -319,7 +338,7 @@ class SearchRun:
             budget_info = self.check_budget(self.space.num_classes)
         self.log(f"[1/4] supernet ({self.cfg.supernet_epochs} epochs, op {self.cfg.op})")
         net = self.run_supernet()
-        evaluator = Evaluator(net, self.calib, self.val)
+        evaluator = Evaluator(net, self.calib, self.val, self.cfg.precision)
         self.log(f"[2/4] stage one: evolution for the SubNet (budget {self.budget} x multiple)")
         subnet, s1 = self.run_stage_one(evaluator)
         self.log(f"[3/4] stage two: Optuna for the TargetNet ({self.cfg.trials} trials)")

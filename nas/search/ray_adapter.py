@@ -4,15 +4,15 @@
 ``shiftaddaug-search`` to Ray, each with the Ray library meant for it:
 
 * supernet training and ShiftAddAug training: Ray Train, ``TorchTrainer`` (gloo on CPU, NCCL with
-  ``use_gpu``), ``ScalingConfig(num_workers=N)``. Every rank builds the same trainer from the run
-  directory (same seeds: same initial weights, same batches, same sampled subnets), takes the
-  samples ``rank::N`` of each batch, and before every optimizer step one ``all_reduce`` averages
-  the gradients (weighted by shard size) and hands every rank rank 0's BatchNorm statistics (what
-  DDP does; DDP itself does not fit, the active subnet changes every step). So the weights stay
-  bit-identical on every rank, and after every epoch the ranks compare a hash of their weights and
-  of the subnets they sampled; a difference stops the run. Only rank 0 writes files: the same
-  ``supernet.pt`` / ``train/checkpoint.pt`` as a local run, so a run can switch between local and
-  Ray, and a restarted worker group (``FailureConfig(max_failures)``) resumes from the last epoch.
+  ``use_gpu``, each rank on ``ray.train.torch.get_device()``), ``ScalingConfig(num_workers=N)``.
+  Every rank builds the same trainer from the run directory and trains it with PyTorch DDP through
+  ``nas.train.distributed`` (the same code as torchrun: ``no_sync`` for all but the last pass of a
+  step, ``find_unused_parameters``, each rank ``batch / N`` images of every batch). After every
+  epoch the ranks compare a hash of their weights and of the subnets they sampled; a difference
+  stops the run. Only rank 0 writes files: the same ``supernet.pt`` / ``train/checkpoint.pt`` as a
+  local run, so a run can switch between local and Ray, and a restarted worker group
+  (``FailureConfig(max_failures)``) resumes from the last epoch (rank 0 reads the checkpoint and
+  hands it to the other ranks).
 * stage one: the population is evaluated by actors (one CPU, one torch thread each) that hold
   the supernet, the calibration and the validation batches; ``ActorPool.map`` returns the scores in
   order, so the evolution follows exactly the local trajectory. Actors restart
@@ -31,9 +31,9 @@ Results equal the local run's, or differ in these documented ways (tests/test_ra
   before the results of the ones still running are in, so the trial sequence differs (each trial
   is still exactly evaluated and priced; the two warm-start trials are identical).
 * training: one worker gives bit-identical weights. N > 1 workers compute BatchNorm batch
-  statistics per shard (like DDP without SyncBatchNorm), sum the gradient in a different order,
-  and with ``add`` layers AdderNet's adaptive gradient scale normalises each rank's gradient
-  before the average: the same algorithm, weights that differ by that much.
+  statistics per shard (DDP without SyncBatchNorm), sum the gradient in a different order, and
+  with ``add`` layers AdderNet's adaptive gradient scale normalises each rank's gradient before
+  the average: the same algorithm, weights that differ by that much.
 * torch's thread count changes float rounding: workers use ``cpus_per_worker`` threads (1 by
   default); compare against a local run with as many (``torch.set_num_threads``).
 
@@ -42,12 +42,12 @@ Quiet, local-only defaults: ``RAY_AUTH_MODE=disabled`` (no token written under $
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray binds 127.0.0.1 only); all set with
 ``os.environ.setdefault`` before ray is imported. Tune and Train results go to ``<run>/ray/``.
 Multi-node use (docs/ray.md): every node needs this package and the data, and the run directory
-must be on a filesystem all nodes share (rank 0 may run anywhere and writes it).
+must be on a filesystem all nodes share (rank 0 may run on any node and writes it; Ray Train's own
+records need shared storage too). Stage-one actors and stage-two trials compute on one CPU each.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
@@ -73,7 +73,7 @@ class RayOptions:
     max_concurrent: int | None = None  # stage-two trials in flight; default: the cluster's CPUs (1: the local study)
     train_workers: int | None = None  # Ray Train workers; default: min(CPUs / cpus_per_worker, batch_size // 16)
     cpus_per_worker: int = 1  # CPUs (and torch threads) of each training worker
-    use_gpu: bool = False  # one GPU per training worker and NCCL (the trainers compute on CPU today)
+    use_gpu: bool = False  # one GPU per training worker and NCCL
     max_failures: int = 3  # restarts of a killed actor, trial or training worker group
 
     ENV_PREFIX = "SHIFTADDAUG_RAY_"
@@ -174,18 +174,22 @@ def _storage(run) -> str:
 
 # ---------------------------------------------------------------------------------- the supernet, for evaluation
 def _supernet(run):
-    """The trained supernet as ``run_supernet`` builds it (``SupernetTrainer``), from ``supernet.pt``."""
+    """The trained supernet as ``run_supernet`` builds it (``SupernetTrainer``), from ``supernet.pt``,
+    on the CPU (the evaluating actors compute on one CPU each, in float32)."""
     import torch
 
-    with torch.random.fork_rng():  # the trainer seeds torch; leave the driver's stream alone
-        net = run.supernet_trainer().net
+    net = run.supernet_trainer().net.cpu()
     net.load_state_dict(torch.load(Path(run.out) / "supernet.pt", map_location="cpu", weights_only=True)["model"])
     return net
 
 
+def _cpu(batches: list) -> list:
+    return [(x.cpu(), y.cpu()) for x, y in batches]
+
+
 def _payload(run) -> dict:
     """What an evaluating worker needs, shipped once through the object store (no shared disk)."""
-    return {"key": uuid.uuid4().hex, "net": _supernet(run), "calib": run.calib, "val": run.val,
+    return {"key": uuid.uuid4().hex, "net": _supernet(run), "calib": _cpu(run.calib), "val": _cpu(run.val),
             "space": run.space, "op": run.cfg.op}
 
 
@@ -391,124 +395,67 @@ def run_stage_two_ray(run, subnet, accuracy: Callable) -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------------------- Ray Train
-class DataParallel:
-    """One rank's share of data-parallel training, as the trainers' hooks (``shard``,
-    ``grad_sync``, ``is_writer``) and an end-of-epoch check that every rank is still the same."""
+def _worker_setup(config: dict):
+    """This Ray Train worker as a ``nas.train.distributed.Distributed`` rank and its device.
 
-    def __init__(self, rank: int, world: int, device=None):
-        self.rank, self.world, self.device = rank, world, device
-        self.weight = 1.0 / world
-        self.samples: list = []  # the subnets this rank sampled since the last check
-        self.digests: list[str] = []
-
-    def attach(self, trainer, sampler_owner, sampler_name: str, key: Callable) -> None:
-        trainer.shard, trainer.grad_sync, trainer.is_writer = self.shard, self.grad_sync, self.rank == 0
-        if sampler_owner is not None:
-            sample = getattr(sampler_owner, sampler_name)
-
-            def recorded(*a, **k):
-                r = sample(*a, **k)
-                self.samples.append(key(r))
-                return r
-
-            setattr(sampler_owner, sampler_name, recorded)
-
-    def shard(self, x, y):
-        n = len(y)
-        self.weight = len(range(self.rank, n, self.world)) / n
-        return x[self.rank :: self.world], y[self.rank :: self.world]
-
-    def grad_sync(self, net) -> None:
-        """One all_reduce: sum of shard-weighted gradients, and rank 0's float buffers (BN stats)."""
-        import torch
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
-        bufs = [b for b in net.buffers() if b.is_floating_point()]
-        g = _flatten_dense_tensors(grads) * self.weight
-        b = _flatten_dense_tensors(bufs) if self.rank == 0 else torch.zeros(sum(t.numel() for t in bufs), dtype=g.dtype)
-        flat = torch.cat([g, b])
-        if self.device is not None and self.device.type == "cuda":  # NCCL reduces GPU tensors
-            flat = flat.to(self.device)
-        dist.all_reduce(flat)
-        flat = flat.cpu()
-        for t, v in zip(grads, _unflatten_dense_tensors(flat[: g.numel()], grads)):
-            t.copy_(v)
-        for t, v in zip(bufs, _unflatten_dense_tensors(flat[g.numel() :], bufs)):
-            t.copy_(v)
-
-    def check(self, net) -> str:
-        """Compare (sampled subnets, weights) across ranks; raise when any rank differs."""
-        import torch.distributed as dist
-
-        h = hashlib.sha256()
-        for p in net.parameters():
-            h.update(p.detach().cpu().contiguous().numpy().tobytes())
-        weights = h.hexdigest()[:16]
-        samples = hashlib.sha256(repr(self.samples).encode()).hexdigest()[:16]
-        self.samples = []
-        mine = (samples, weights)
-        every = [None] * self.world
-        dist.all_gather_object(every, mine)
-        if any(e != mine for e in every):
-            raise RuntimeError(f"data-parallel ranks diverged (sampled subnets, weights) per rank: {every}")
-        self.digests.append(samples)
-        return samples
-
-
-def _report_epoch(dp: DataParallel, net, row: dict) -> None:
-    import ray.train
-
-    samples = dp.check(net)
-    metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
-    ray.train.report({**metrics, "world_size": dp.world, "samples_digest": samples})
-
-
-def _worker_setup(config: dict) -> DataParallel:
+    ``TorchTrainer`` has already joined the process group (gloo, or NCCL with ``use_gpu``); the
+    trainers wrap their network in DDP themselves (``Distributed.wrap``, what
+    ``ray.train.torch.prepare_model`` does, with ``find_unused_parameters``) and shard the
+    toolkit's resumable loader by rank (what ``prepare_data_loader``'s DistributedSampler does,
+    keeping the loader's seeded, resumable order).
+    """
     import ray.train
     import torch
 
+    from nas.train.distributed import Distributed
+
     torch.set_num_threads(config["threads"])
     ctx = ray.train.get_context()
-    device = None
+    device = torch.device("cpu")
     if config["use_gpu"]:
         import ray.train.torch
 
         device = ray.train.torch.get_device()
-    return DataParallel(ctx.get_world_rank(), ctx.get_world_size(), device)
+        torch.cuda.set_device(device)
+    dist = Distributed(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), active=True)
+    return dist, device
+
+
+def _report_epoch(trainer, row: dict) -> None:
+    """After every epoch (the loop has checked that the ranks agree): metrics to Ray Train."""
+    import ray.train
+
+    metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+    ray.train.report({**metrics, "world_size": trainer.dist.world_size, "samples_digest": trainer.sample_digests[-1]})
 
 
 def _supernet_worker(config: dict) -> dict:
     """Ray Train loop: the run's SupernetTrainer, data-parallel, resuming from ``supernet.pt``."""
     from nas.search.pipeline import SearchConfig, SearchRun
 
-    dp = _worker_setup(config)
-    run = SearchRun(SearchConfig(**config["search"]), config["out"], progress=False)
+    dist, device = _worker_setup(config)
+    run = SearchRun(SearchConfig(**{**config["search"], "device": str(device)}), config["out"], progress=False)
     run.setup()
-    sup = run.supernet_trainer()
-    dp.attach(sup, sup, "sample_pair", lambda r: (r[0].arch_id, r[1].arch_id, r[2]))
-    sup.on_epoch = lambda row: _report_epoch(dp, sup.net, row)
+    sup = run.supernet_trainer(dist=dist)
+    sup.epoch_callbacks.append(lambda row: _report_epoch(sup, row))
     sup.fit(run.out / "supernet.pt", run.out / "supernet_log.json")
-    return {"world_size": dp.world, "samples_digests": dp.digests}
+    return {"world_size": dist.world_size, "samples_digests": sup.sample_digests}
 
 
 def _train_worker(config: dict) -> dict:
     """Ray Train loop: ShiftAddAug training of a TargetNet, data-parallel, resuming from its run directory."""
-    import json
+    from nas.train.trainer import TrainConfig, Trainer, resume_trainer
 
-    from nas.train.trainer import TrainConfig, Trainer, load_checkpoint
-
-    dp = _worker_setup(config)
+    dist, device = _worker_setup(config)
     train_dir = Path(config["train_dir"])
-    cfg = config["train"] or json.loads((train_dir / "config.json").read_text())["train"]
-    trainer = Trainer(TrainConfig.from_dict(cfg), train_dir, progress=False, export_dir=config["export_dir"])
-    if (train_dir / "checkpoint.pt").is_file():  # a resumed run, or a worker group restarted by Ray
-        trainer.load_state_dict(load_checkpoint(train_dir / "checkpoint.pt"))
-    dp.attach(trainer, trainer.augmenter, "sample", lambda r: (r[0].arch_id, r[1]))
-    trainer.on_epoch = lambda row: _report_epoch(dp, trainer.net, row)
+    if config["train"] is None or (train_dir / "checkpoint.pt").is_file():  # resumed, or a worker group restarted by Ray
+        trainer = resume_trainer(train_dir, progress=False, export_dir=config["export_dir"], device=device, dist=dist)
+    else:
+        trainer = Trainer(TrainConfig.from_dict(config["train"]), train_dir, progress=False, export_dir=config["export_dir"],
+                          device=device, dist=dist)
+    trainer.epoch_callbacks.append(lambda row: _report_epoch(trainer, row))
     summary = trainer.fit()
-    return {"world_size": dp.world, "samples_digests": dp.digests, "summary": summary}
+    return {"world_size": dist.world_size, "samples_digests": trainer.sample_digests, "summary": summary}
 
 
 def _scaling(batch: int, opts: RayOptions) -> tuple[int, int]:
@@ -518,13 +465,17 @@ def _scaling(batch: int, opts: RayOptions) -> tuple[int, int]:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     if opts.train_workers:
         n = opts.train_workers
-    elif opts.use_gpu:
+        if batch % n or batch // n < 2:
+            raise ConfigError("SHIFTADDAUG_RAY_TRAIN_WORKERS", n, f"a divisor of the batch size {batch} that leaves each rank "
+                              "at least 2 images (every rank takes batch / workers images of each batch; BatchNorm needs 2)")
+        return n, opts.cpus_per_worker
+    if opts.use_gpu:
         n = max(1, int(ray.cluster_resources().get("GPU", 1)))
     else:
         n = max(1, min(cpus // opts.cpus_per_worker, batch // 16))
-    if batch // n < 2:
-        raise ConfigError("SHIFTADDAUG_RAY_TRAIN_WORKERS", n, f"at most {batch // 2} for batch size {batch}: each rank needs two samples for BatchNorm")
-    return n, opts.cpus_per_worker
+    while batch % n or batch // n < 2:  # the most workers that split the batch evenly
+        n -= 1
+    return max(n, 1), opts.cpus_per_worker
 
 
 def _fit(address: str, storage: Path, opts: RayOptions, batch: int, loop: Callable, config: dict, name: str) -> Any:

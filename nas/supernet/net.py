@@ -138,6 +138,7 @@ class DynamicNet(nn.Module):
             c = a.post_pool.out_channels
         self.classifier = HybridLinear(c, a.num_classes, remap=remap, op_options=op_options)
         self.dropout_rate = a.classifier.dropout
+        self.generator: torch.Generator | None = None  # the dropout masks' stream (set by TrainLoop); None: torch's global one
         # Residual blocks start as the identity (last BN scale 0, Goyal et al. 2017). Deep adder
         # networks collapse to rank-few features at initialisation without it (measured: an Add
         # MobileNetV2-Tiny does not learn at all on mnist5k; with it, it does).
@@ -255,8 +256,8 @@ class DynamicNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)
-        if self.dropout_rate > 0:
-            x = F.dropout(x, self.dropout_rate, self.training)
+        if self.dropout_rate > 0 and self.training:
+            x = _dropout(x, self.dropout_rate, self.generator)
         return self.classifier(x)
 
     @torch.no_grad()
@@ -290,6 +291,15 @@ class DynamicNet(nn.Module):
         """Sum of the remap regularisers (``pwl-kl``) of the last forward, if any."""
         terms = [r for m in self.modules() if hasattr(m, "regularizer") and m is not self for r in [m.regularizer()] if r is not None]
         return torch.stack(terms).sum() if terms else None
+
+
+def _dropout(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Training-mode dropout with its mask drawn from ``generator``. ``F.dropout`` takes no
+    generator; on the CPU it computes exactly this (a Bernoulli(1 - p) mask scaled by 1 / (1 - p)),
+    so a generator in the global stream's state gives F.dropout's numbers."""
+    if generator is None:
+        return F.dropout(x, p, True)
+    return x * torch.empty_like(x).bernoulli_(1 - p, generator=generator).div_(1 - p)
 
 
 def _t(op: str, out: int, inp: int) -> tuple:

@@ -9,7 +9,8 @@ One ``Trainer`` runs all the recipes the paper's ablations need, chosen by ``Tra
   block mutation and, with ``aug_depth`` or a NAS SubNet, augmented depth.
 
 Each step is NetAug's two-pass step (method.md section 4.1): the target pass and one sampled
-augmented pass each run forward and backward, then one optimizer step (alpha = 1). ``remap`` and
+augmented pass each run forward and backward, then one optimizer step (alpha = 1); schedule,
+optimizer, random streams, checkpoints, device, precision and DDP are ``nas.train.loop.TrainLoop``'s. ``remap`` and
 ``aug`` are independent flags, so the 2x2 grid reviewers asked for is two command lines.
 
 A run directory holds ``config.json`` (the resolved config), ``checkpoint.pt`` (model, optimizer,
@@ -31,17 +32,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.arch import Arch
 from nas.errors import ConfigError
-from nas.finite import check_losses, check_weights
-from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, save_checkpoint
+from nas.io import atomic_savefig, atomic_write_json, atomic_write_text
 from nas.rundir import check_config_hash, config_hash, heal_csv, read_run_config
 from nas.supernet.net import DynamicNet, sort_channels
 from nas.train.augment import Augmenter, AugSpec, MutationSchedule, subnet_for
 from nas.train.bn import reset_bn
+from nas.train.distributed import Distributed
+from nas.train.loop import (  # noqa: F401 (cosine_lr, param_groups: public here too)
+    PRECISIONS,
+    TrainLoop,
+    cosine_lr,
+    param_groups,
+    resolve_device,
+)
 
 AUG_KINDS = ("none", "netaug", "shiftaddaug")
 CHECKPOINT_VERSION = 1
@@ -93,6 +100,10 @@ class TrainConfig:
     weight_decay: float = 4e-5
     label_smoothing: float = 0.1
     seed: int = 0
+    # where: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N"; the precision of the
+    # multiplicative layers ("bf16" / "fp16": autocast; MF layers always compute in float32)
+    device: str = "auto"
+    precision: str = "fp32"
     # set by the search: the SubNet of stage one, the TargetNet of stage two (multiplicative Arch
     # dicts; ``op`` is applied) with its block indices in the SubNet, and a supernet checkpoint
     # whose weights the run starts from
@@ -121,6 +132,12 @@ class TrainConfig:
         check("aug_depth", isinstance(self.aug_depth, int) and self.aug_depth >= 0, "an integer >= 0")
         check("bn_images", self.bn_images >= 1, "an integer >= 1")
         check("mutation", self.mutation is None or 0 <= self.mutation < 1, "a fraction of training in [0, 1)")
+        check("workers", isinstance(self.workers, int) and self.workers >= 0, "an integer >= 0")
+        check("precision", self.precision in PRECISIONS, f"allowed: {', '.join(PRECISIONS)}")
+        # fp16 needs loss scaling; AdderNet's adaptive gradient scale renormalises an add layer's
+        # weight gradient to a fixed norm, so the GradScaler's unscale would shrink it by the scale
+        check("precision", not (self.precision == "fp16" and self.op == "add" and self.eta is not None),
+              "fp16 loss scaling cancels AdderNet's adaptive gradient scale of add layers: use bf16, or --eta 0")
         if (self.model is None) == (self.arch is None) and self.subnet is None:
             raise ConfigError("model", self.model, "give exactly one of --model and --arch")
         AugSpec(tuple(self.width_mults), tuple(self.expand_mults), self.stop_width, self.depth_decay)
@@ -154,37 +171,6 @@ class TrainConfig:
         return TrainConfig(**d).validate()
 
 
-def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up then cosine decay, per iteration (NetAug's schedule)."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.5 * base * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def param_groups(model: nn.Module, weight_decay: float, remap_lr_scale: float = 0.01) -> list[dict]:
-    """Weight decay on conv / linear weights only; remap parameters on a smaller learning rate.
-
-    The remap's learnable part (identity-initialised FC) sees gradients that AdderNet's adaptive
-    scaling has already normalised to ``eta * sqrt(numel)`` over a whole weight tensor, so summed
-    into a handful of FC entries they are thousands of times larger than a weight's own; at the
-    base learning rate the FC leaves the identity within a few steps and the MF layer diverges.
-    """
-    decay, no_decay, remap = [], [], []
-    for name, p in model.named_parameters():
-        if ".remap." in name:
-            remap.append(p)
-        elif name.endswith("weight") and p.dim() > 1:
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
-        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
-        {"params": remap, "weight_decay": 0.0, "lr_scale": remap_lr_scale},
-    ]
-
-
 def resolve_target(cfg: TrainConfig, num_classes: int, resolution: int) -> tuple[Arch, Arch, list[list[int]]]:
     """(TargetNet with its MF convention, multiplicative SubNet, target block indices in it)."""
     from nas.models.zoo import resize, zoo_arch
@@ -210,21 +196,37 @@ def resolve_target(cfg: TrainConfig, num_classes: int, resolution: int) -> tuple
     return target, sub, tb
 
 
-class Trainer:
-    def __init__(self, cfg: TrainConfig, out: str | Path, loaders=None, progress: bool = True, export_dir: str | Path | None = None):
+class Trainer(TrainLoop):
+    """ShiftAddAug / NetAug / direct training of one TargetNet on the shared ``TrainLoop``.
+
+    ``device`` / ``dist`` override ``cfg.device`` and the single-process default (torchrun and
+    Ray Train set them; see ``nas.train.distributed``).
+    """
+
+    checkpoint_version = CHECKPOINT_VERSION
+
+    def __init__(self, cfg: TrainConfig, out: str | Path, loaders=None, progress: bool = True,
+                 export_dir: str | Path | None = None, device: str | torch.device | None = None,
+                 dist: Distributed | None = None):
         from nas.data import build_loaders, calibration_batches
 
         self.cfg = cfg.validate()
         self.out = Path(out)
         self.export_dir = Path(export_dir) if export_dir is not None else self.out / "target"
-        self.progress = progress
+        device = resolve_device(device if device is not None else cfg.device)
         if loaders is None:
             res = cfg.resolution or 32
             loaders = build_loaders(cfg.dataset, cfg.data_root, resolution=res, batch_size=cfg.batch_size,
-                                    num_workers=cfg.workers, seed=cfg.seed, max_train_images=cfg.max_train_images)
-        self.loaders = loaders
-        self.calib = calibration_batches(loaders, n_images=min(cfg.bn_images, loaders.train.num_images), batch_size=100, seed=cfg.seed)
-        torch.manual_seed(cfg.seed)
+                                    num_workers=cfg.workers, seed=cfg.seed, max_train_images=cfg.max_train_images,
+                                    device=device)
+        calib = calibration_batches(loaders, n_images=min(cfg.bn_images, loaders.train.num_images), batch_size=100, seed=cfg.seed)
+        self.calib = [(x.to(device), y.to(device)) for x, y in calib]  # (a no-op when the loaders are on the device)
+        steps = len(loaders.train)
+        super().__init__(loaders, epochs=cfg.epochs, lr=cfg.lr, warmup_steps=int(round(cfg.warmup_epochs * steps)),
+                         seed=cfg.seed, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                         remap_lr_scale=cfg.remap_lr_scale, device=device, precision=cfg.precision, dist=dist,
+                         progress=progress)
+        self.checkpoint_path = self.out / "checkpoint.pt"
         self.target, self.subnet, self.target_blocks = resolve_target(cfg, loaders.num_classes, loaders.resolution)
         self.spec = AugSpec(tuple(cfg.width_mults), tuple(cfg.expand_mults), cfg.stop_width, cfg.depth_decay)
         if cfg.aug == "none":
@@ -233,58 +235,38 @@ class Trainer:
         else:
             self.augmenter = Augmenter(self.target, self.target_blocks, self.subnet, self.spec)
             max_arch = self.augmenter.max_arch
-        self.net = DynamicNet(max_arch, remap=cfg.remap, op_options=cfg.op_options, branch_norm=cfg.branch_norm)
-        if cfg.inherit:
-            from nas.supernet.net import inherit_weights
 
-            inherit_weights(self.net, load_checkpoint(Path(cfg.inherit))["model"])
+        def build() -> DynamicNet:
+            net = DynamicNet(max_arch, remap=cfg.remap, op_options=cfg.op_options, branch_norm=cfg.branch_norm)
+            if cfg.inherit:
+                from nas.supernet.net import inherit_weights
+
+                inherit_weights(net, load_checkpoint(Path(cfg.inherit))["model"])
+            return net
+
+        self.setup_model(build)
         self.mutation = MutationSchedule(self.target, cfg.mutation_fraction)
-        self.optimizer = torch.optim.SGD(param_groups(self.net, cfg.weight_decay, cfg.remap_lr_scale), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-        self.steps_per_epoch = len(loaders.train)
-        self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-        self.aug_rng = random.Random(cfg.seed + 1)
-        self.epoch = 0
-        self.global_step = 0
+        self.py_rngs["aug"] = random.Random(cfg.seed + 1)
         self.best_val = 0.0
-        # data-parallel hooks, set only by nas.search.ray_adapter (Ray Train); None / True is the local path
-        self.shard = None  # (x, y) -> this rank's part of the batch
-        self.grad_sync = None  # net -> None: gradients (and BN statistics) made equal on every rank
-        self.is_writer = True  # only rank 0 writes files (config, metrics, checkpoint, summary, export)
-        self.on_epoch = None  # row -> None, after each epoch (ray.train.report)
 
     # ------------------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
-        return {
-            "version": CHECKPOINT_VERSION,
-            "config": self.cfg.to_dict(),
-            "model": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": {"global_step": self.global_step, "total_steps": self.total_steps, "epoch": self.epoch},
-            "best_val": self.best_val,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "aug": _py_state(self.aug_rng),
-                "loader": self.loaders.train.state_dict(),
-            },
-        }
+    def extra_state(self) -> dict:
+        return {"config": self.cfg.to_dict(), "best_val": self.best_val}
+
+    def check_state(self, sd: dict) -> dict:
+        sd = super().check_state(sd)
+        # another configuration's checkpoint (a reused directory) stops here with one line; the
+        # device is not part of it (``--resume DIR --device X`` moves a run on purpose)
+        def identity(d: dict) -> dict:
+            return {k: v for k, v in d.items() if k != "device"}
+
+        recorded = config_hash(identity(sd["config"])) if "config" in sd else None
+        check_config_hash(recorded, identity(self.cfg.to_dict()), "checkpoint")
+        return sd
 
     def load_state_dict(self, sd: dict) -> None:
-        if sd.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError("checkpoint.version", sd.get("version"), f"this version reads {CHECKPOINT_VERSION}")
-        check_config_hash(config_hash(sd["config"]) if "config" in sd else None, self.cfg.to_dict(), "checkpoint")
-        self.net.load_state_dict(sd["model"])
-        self.optimizer.load_state_dict(sd["optimizer"])
-        self.global_step = sd["schedule"]["global_step"]
-        self.epoch = sd["schedule"]["epoch"]
+        super().load_state_dict(sd)
         self.best_val = sd["best_val"]
-        torch.set_rng_state(sd["rng"]["torch"])
-        self.aug_rng.setstate(_py_unstate(sd["rng"]["aug"]))
-        self.loaders.train.load_state_dict(sd["rng"]["loader"])
-
-    def save_checkpoint(self) -> None:
-        check_weights(self.net, f"epoch {self.epoch}")  # never checkpoint a diverged network
-        save_checkpoint(self.state_dict(), self.out / "checkpoint.pt")  # keeps the previous one too
 
     # ------------------------------------------------------------------------------ one step
     def target_now(self) -> Arch:
@@ -296,108 +278,95 @@ class Trainer:
         return loss if reg is None else loss + self.cfg.kl_weight * reg
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        if self.shard is not None:  # distributed: this rank's samples of the batch
-            x, y = self.shard(x, y)
         cfg, net = self.cfg, self.net
         progress = self.global_step / max(1, self.total_steps)
-        lr = cosine_lr(self.global_step, self.total_steps, self.warmup_steps, cfg.lr)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr * g["lr_scale"]
-        self.optimizer.zero_grad(set_to_none=True)
         target = self.target_now()
         net.set_active_subnet(target, self.target_blocks)
-        logits = net(x)
-        loss_t = self._loss(logits, y)
-        loss_t.backward()
-        out = {"lr": lr, "loss": loss_t.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+        logits, loss_t = self.forward_backward(x, lambda out: self._loss(out, y), last=self.augmenter is None)
+        out = {"lr": self.lr_now, "loss": loss_t.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
         if self.augmenter is not None:
-            aug_arch, aug_blocks = self.augmenter.sample(self.aug_rng, progress)
+            aug_arch, aug_blocks = self.augmenter.sample(self.py_rngs["aug"], progress)
+            self.samples.append((aug_arch.arch_id, aug_blocks))
             if cfg.aug == "netaug":  # the augmented part uses the target's own operator
                 net.set_active_subnet(aug_arch.with_ops(cfg.op), aug_blocks)
             elif cfg.hybrid == "mf":
                 net.set_active_subnet(aug_arch, aug_blocks, target=target, target_blocks=self.target_blocks)
             else:  # method.md REC-B: the augmented pass is entirely multiplicative
                 net.set_active_subnet(aug_arch, aug_blocks)
-            loss_a = self._loss(net(x), y)
-            loss_a.backward()
+            _, loss_a = self.forward_backward(x, lambda out: self._loss(out, y))
             out["loss_aug"] = loss_a.item()
-        check_losses(net, out, x, f"epoch {self.epoch + 1}, step {self.global_step + 1}")
-        if self.grad_sync is not None:  # distributed: average gradients across ranks
-            self.grad_sync(net)
-        self.optimizer.step()
-        self.global_step += 1
         return out
+
+    def postfix(self, stats: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{stats['loss']:.3f}", "acc": f"{100 * stats['acc']:.1f}"}
 
     # ------------------------------------------------------------------------------ evaluation / export
     @torch.no_grad()
     def evaluate(self, split: str = "val", target: Arch | None = None) -> dict[str, float]:
         target = target or self.target_now()
         self.net.set_active_subnet(target, self.target_blocks)
-        reset_bn(self.net, self.calib)
-        self.net.eval()
-        correct = total = 0
-        loss = 0.0
-        for x, y in getattr(self.loaders, split):
-            logits = self.net(x)
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            total += y.numel()
+        with self.autocast():
+            reset_bn(self.net, self.calib)
+            self.net.eval()
+            correct = total = 0
+            loss = 0.0
+            for x, y in getattr(self.loaders, split):
+                x, y = x.to(self.device), y.to(self.device)
+                logits = self.net(x).float()
+                loss += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+                total += y.numel()
         self.net.train()
         return {f"{split}_acc": 100.0 * correct / total, f"{split}_loss": loss / total}
 
     def export(self) -> dict:
+        """The TargetNet as CPU float32 weights, whatever the training device and precision:
+        BatchNorm re-estimated in float32 on the device, then checked and written on the CPU."""
+        import copy
+
         from nas.export import export_target
 
         self.net.set_active_subnet(self.target, self.target_blocks)
         reset_bn(self.net, self.calib)
-        return export_target(self.net, self.export_dir, self.calib[0][0], self.cfg.op_options, meta={"config": self.cfg.to_dict()})
+        net = self.net if self.device.type == "cpu" else copy.deepcopy(self.net).cpu()
+        with torch.random.fork_rng(devices=[]):  # building the static network initialises (then overwrites) weights
+            return export_target(net, self.export_dir, self.calib[0][0].cpu(), self.cfg.op_options,
+                                 meta={"config": self.cfg.to_dict()})
 
     # ------------------------------------------------------------------------------ the run
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.cfg.sort_channels and self.augmenter is not None:
+            sort_channels(self.net, self.optimizer)
+
+    def end_epoch(self, means: dict[str, float], seconds: float) -> dict:
+        row = {"epoch": self.epoch, "time_s": round(seconds, 2)}
+        row.update({f"train_{k}": round(v, 5) for k, v in means.items()})
+        row["mf_units"] = f"{self.mutation.converted(self.global_step / self.total_steps)}/{len(self.mutation.units)}"
+        row.update({k: round(v, 4) for k, v in self.evaluate("val").items()})
+        self.best_val = max(self.best_val, row["val_acc"])
+        if self.progress:
+            print(f"epoch {self.epoch}/{self.cfg.epochs}: loss {row['train_loss']:.3f}  val acc {row['val_acc']:.2f}%  ({row['time_s']:.1f}s)", flush=True)
+        return row
+
+    def write_logs(self, row: dict) -> None:
+        if self.dist.is_writer:
+            _append_metrics(self.out / "metrics.csv", row)
+
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
         """Train to the end (evaluate, export, summarise), or only up to ``until_epoch``."""
-        from tqdm import tqdm
-
         metrics_path = self.out / "metrics.csv"
-        if self.is_writer:
+        if self.dist.is_writer:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.out / "config.json", {"schema_version": 1, "train": self.cfg.to_dict()})
+            atomic_write_json(self.out / "config.json", {"schema_version": 1, "train": self.cfg.to_dict(),
+                                                          "runtime": self.runtime()})
             _truncate_metrics(metrics_path, self.epoch)
         t_run = time.time()
-        for epoch in range(self.epoch, min(self.cfg.epochs, until_epoch or self.cfg.epochs)):
-            if self.cfg.sort_channels and self.augmenter is not None:
-                sort_channels(self.net, self.optimizer)
-            self.loaders.train.set_epoch(epoch)
-            self.net.train()
-            t0 = time.time()
-            sums: dict[str, float] = {}
-            n = 0
-            bar = tqdm(self.loaders.train, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                       disable=not self.progress, leave=False, dynamic_ncols=True)
-            for x, y in bar:
-                stats = self.train_step(x, y)
-                n += 1
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{100 * stats['acc']:.1f}")
-            bar.close()
-            self.epoch = epoch + 1
-            row = {"epoch": self.epoch, "time_s": round(time.time() - t0, 2)}
-            row.update({f"train_{k}": round(v / max(1, n), 5) for k, v in sums.items()})
-            row["mf_units"] = f"{self.mutation.converted(self.global_step / self.total_steps)}/{len(self.mutation.units)}"
-            row.update({k: round(v, 4) for k, v in self.evaluate("val").items()})
-            self.best_val = max(self.best_val, row["val_acc"])
-            if self.is_writer:
-                _append_metrics(metrics_path, row)
-                self.save_checkpoint()
-            if self.on_epoch is not None:
-                self.on_epoch(row)
-            if self.progress:
-                print(f"epoch {self.epoch}/{self.cfg.epochs}: loss {row['train_loss']:.3f}  val acc {row['val_acc']:.2f}%  ({row['time_s']:.1f}s)", flush=True)
+        self.train_epochs(until_epoch)
         if self.epoch < self.cfg.epochs:
             return {"epoch": self.epoch, "best_val_acc": self.best_val}
         final = self.evaluate("test", self.target)
         val = self.evaluate("val", self.target)
-        exported = self.export() if self.is_writer else None
+        exported = self.export() if self.dist.is_writer else None
         summary = {
             "schema_version": 1,
             "target": self.target.name,
@@ -411,10 +380,15 @@ class Trainer:
             "train_time_s": round(time.time() - t_run, 1),
             "export": exported,
         }
-        if self.is_writer:
+        if self.dist.is_writer:
             atomic_write_json(self.out / "summary.json", summary)
             _plot_curves(metrics_path, self.out / "curves.png")
         return summary
+
+    def runtime(self) -> dict:
+        """Where this run computes (``config.json``): the resolved device, precision and ranks."""
+        return {"device": str(self.device), "precision": self.precision, "world_size": self.dist.world_size,
+                "torch": torch.__version__}
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -424,25 +398,21 @@ def load_checkpoint(path: Path) -> dict:
     return nio.load_checkpoint(path)[0]
 
 
-def resume_trainer(run_dir: str | Path, progress: bool = True, export_dir: str | Path | None = None) -> Trainer:
+def resume_trainer(run_dir: str | Path, progress: bool = True, export_dir: str | Path | None = None,
+                   device: str | torch.device | None = None, dist: Distributed | None = None) -> Trainer:
+    """The trainer of an interrupted (or finished) run, at its last checkpoint. ``device`` moves
+    the run to another device (default: the run's own ``--device``; a ``torch.device``, as
+    torchrun's per-rank GPU, is used without being recorded); with ``dist`` rank 0 reads the run
+    directory and the other ranks receive what it read."""
     run_dir = Path(run_dir)
-    cfg = TrainConfig.from_dict(read_run_config(run_dir, "train"))
-    trainer = Trainer(cfg, run_dir, progress=progress, export_dir=export_dir)
-    ckpt = run_dir / "checkpoint.pt"
-    if ckpt.is_file():
-        from nas import io as nio
-
-        nio.load_checkpoint(ckpt, apply=trainer.load_state_dict)  # falls back to the previous checkpoint
+    dist = dist or Distributed()
+    # rank 0 reads (a damaged, foreign or missing config.json: one line there), the others receive it
+    cfg = dist.broadcast_object(read_run_config(run_dir, "train") if dist.is_writer else None)
+    if isinstance(device, str):  # the run moves there (config.json records it)
+        cfg = {**cfg, "device": device}
+    trainer = Trainer(TrainConfig.from_dict(cfg), run_dir, progress=progress, export_dir=export_dir, device=device, dist=dist)
+    trainer.load_checkpoint()
     return trainer
-
-
-def _py_state(rng: random.Random) -> dict:
-    v, state, gauss = rng.getstate()
-    return {"version": v, "state": torch.tensor(state, dtype=torch.int64), "gauss": gauss}
-
-
-def _py_unstate(d: dict) -> tuple:
-    return (d["version"], tuple(int(x) for x in d["state"].tolist()), d["gauss"])
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
