@@ -118,10 +118,11 @@ class _LayerTarget:
 
 
 class DynamicNet(nn.Module):
-    def __init__(self, max_arch: Arch, remap: str = "cdf-fc", op_options: dict | None = None, branch_norm: bool = False):
+    def __init__(self, max_arch: Arch, remap: str = "cdf-fc", op_options: dict | None = None, branch_norm: bool = False,
+                 remap_affine: bool = False):
         super().__init__()
         self.max_arch = max_arch
-        hy = dict(remap=remap, op_options=op_options, branch_norm=branch_norm)
+        hy = dict(remap=remap, op_options=op_options, branch_norm=branch_norm, remap_affine=remap_affine)
         a = max_arch
         s = a.stem
         self.stem = DynConvBNAct(a.in_channels, s.out_channels, s.kernel_size, s.stride, act=s.act, **hy)
@@ -136,7 +137,7 @@ class DynamicNet(nn.Module):
         if a.post_pool is not None:
             self.post_pool = DynConvBNAct(c, a.post_pool.out_channels, 1, act=a.post_pool.act, bn=False, **hy)
             c = a.post_pool.out_channels
-        self.classifier = HybridLinear(c, a.num_classes, remap=remap, op_options=op_options)
+        self.classifier = HybridLinear(c, a.num_classes, remap=remap, op_options=op_options, remap_affine=remap_affine)
         self.dropout_rate = a.classifier.dropout
         self.generator: torch.Generator | None = None  # the dropout masks' stream (set by TrainLoop); None: torch's global one
         # Residual blocks start as the identity (last BN scale 0, Goyal et al. 2017). Deep adder
@@ -349,12 +350,19 @@ def sort_channels(net: DynamicNet, optimizer: torch.optim.Optimizer | None = Non
                 continue
             perm = torch.argsort(blk.project.conv.weight.abs().sum(dim=(0, 2, 3)), descending=True)
             moves: list[tuple[torch.Tensor, int]] = [(blk.expand.conv.weight, 0)] + _bn_tensors(blk.expand.bn)
+            moves += _remap_affine(blk.expand.conv)
             moves += [(blk.dw.conv.weight, 0)] + _bn_tensors(blk.dw.bn)
             if blk.se is not None:
                 moves += [(blk.se.reduce.weight, 1), (blk.se.expand.weight, 0), (blk.se.expand.bias, 0)]
+                moves += _remap_affine(blk.se.expand)
             moves += [(blk.project.conv.weight, 1)]
             for t, dim in moves:
                 _permute(t, perm, dim, optimizer)
+
+
+def _remap_affine(conv: HybridConv2d) -> list[tuple[torch.Tensor, int]]:
+    """The per-output-channel remap parameters of ``conv`` (they follow its output channels)."""
+    return [(conv.remap.scale, 0), (conv.remap.shift, 0)] if conv.remap.affine else []
 
 
 def _bn_tensors(bn: DynamicBatchNorm2d) -> list[tuple[torch.Tensor, int]]:

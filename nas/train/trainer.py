@@ -80,6 +80,10 @@ class TrainConfig:
     sort_channels: bool = True
     kl_weight: float = 10.0  # pwl-kl regulariser weight (ShiftAddNAS)
     remap_lr_scale: float = 0.01  # learning rate of the remap's learnable part, relative to lr
+    # cdf-fc on 1x1 convs and linear layers: a learnable per-output-channel affine after the CDF
+    # remap (Eq. 5's learnable part where a kernel FC has nothing to mix; identity at the start,
+    # variance-preserving, folded into the weights at export). No effect with other remaps.
+    remap_affine: bool = False
     weight_bits: int = 5
     # AdderNet's adaptive gradient scale for add layers; None turns it off. AdderNet uses 0.2 with
     # 400-epoch CIFAR schedules; on short schedules 0.2 barely moves deep adder layers (an Add
@@ -237,7 +241,8 @@ class Trainer(TrainLoop):
             max_arch = self.augmenter.max_arch
 
         def build() -> DynamicNet:
-            net = DynamicNet(max_arch, remap=cfg.remap, op_options=cfg.op_options, branch_norm=cfg.branch_norm)
+            net = DynamicNet(max_arch, remap=cfg.remap, op_options=cfg.op_options, branch_norm=cfg.branch_norm,
+                             remap_affine=cfg.remap_affine)
             if cfg.inherit:
                 from nas.supernet.net import inherit_weights
 
