@@ -140,6 +140,8 @@ class DynamicNet(nn.Module):
         self.classifier = HybridLinear(c, a.num_classes, remap=remap, op_options=op_options, remap_affine=remap_affine)
         self.dropout_rate = a.classifier.dropout
         self.generator: torch.Generator | None = None  # the dropout masks' stream (set by TrainLoop); None: torch's global one
+        # activation checkpointing of the blocks (ShiftAddAug's augmented pass, TrainConfig.aug_checkpoint)
+        self.checkpoint_blocks = False
         # Residual blocks start as the identity (last BN scale 0, Goyal et al. 2017). Deep adder
         # networks collapse to rank-few features at initialisation without it (measured: an Add
         # MobileNetV2-Tiny does not learn at all on mnist5k; with it, it does).
@@ -250,9 +252,10 @@ class DynamicNet(nn.Module):
     # ------------------------------------------------------------------------------ forward / export
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
+        ckpt = self.checkpoint_blocks and torch.is_grad_enabled()
         for i, idx in enumerate(self.active_blocks):
             for j in idx:
-                x = self.stages[i][j](x)
+                x = _checkpointed(self.stages[i][j], x) if ckpt else self.stages[i][j](x)
         return pooled_features(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,6 +295,32 @@ class DynamicNet(nn.Module):
         """Sum of the remap regularisers (``pwl-kl``) of the last forward, if any."""
         terms = [r for m in self.modules() if hasattr(m, "regularizer") and m is not self for r in [m.regularizer()] if r is not None]
         return torch.stack(terms).sum() if terms else None
+
+
+def _checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` keeping only its input for backward: the block's activations are recomputed
+    (once) when its gradient is needed. The recomputation must not count the batch in BatchNorm's
+    running statistics a second time, so their buffers are restored after it; blocks draw no
+    random numbers (dropout is before the classifier), so no RNG state needs saving."""
+    from torch.utils.checkpoint import checkpoint
+
+    calls = 0
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return block(inp)
+        buffers = [b for m in block.modules() if isinstance(m, nn.BatchNorm2d) for b in m.buffers()]
+        saved = [b.clone() for b in buffers]
+        try:
+            return block(inp)
+        finally:  # also when torch stops the recomputation early (once it has what backward needs)
+            with torch.no_grad():
+                for b, v in zip(buffers, saved):
+                    b.copy_(v)
+
+    return checkpoint(run, x, use_reentrant=False, preserve_rng_state=False)
 
 
 def _dropout(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:

@@ -78,6 +78,10 @@ class TrainConfig:
     depth_decay: bool = True
     mutation: float | None = None  # fraction of training for block mutation; None: 1/3 for shiftaddaug
     sort_channels: bool = True
+    # activation checkpointing of the blocks in the augmented pass: only block inputs are kept,
+    # activations are recomputed in backward (less memory, one more block forward; results equal
+    # within float rounding). benchmarks/train_overhead.py measures both.
+    aug_checkpoint: bool = False
     kl_weight: float = 10.0  # pwl-kl regulariser weight (ShiftAddNAS)
     remap_lr_scale: float = 0.01  # learning rate of the remap's learnable part, relative to lr
     # cdf-fc on 1x1 convs and linear layers: a learnable per-output-channel affine after the CDF
@@ -298,9 +302,17 @@ class Trainer(TrainLoop):
                 net.set_active_subnet(aug_arch, aug_blocks, target=target, target_blocks=self.target_blocks)
             else:  # method.md REC-B: the augmented pass is entirely multiplicative
                 net.set_active_subnet(aug_arch, aug_blocks)
-            _, loss_a = self.forward_backward(x, lambda out: self._loss(out, y))
+            _, loss_a = self._augmented_pass(x, y)
             out["loss_aug"] = loss_a.item()
         return out
+
+    def _augmented_pass(self, x: torch.Tensor, y: torch.Tensor):
+        """The augmented pass's forward and backward, its blocks checkpointed with ``aug_checkpoint``."""
+        self.net.checkpoint_blocks = self.cfg.aug_checkpoint
+        try:
+            return self.forward_backward(x, lambda out: self._loss(out, y))
+        finally:
+            self.net.checkpoint_blocks = False
 
     def postfix(self, stats: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{stats['loss']:.3f}", "acc": f"{100 * stats['acc']:.1f}"}
