@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import random
 import time
@@ -372,6 +373,10 @@ class Trainer(TrainLoop):
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
         """Train to the end (evaluate, export, summarise), or only up to ``until_epoch``."""
         metrics_path = self.out / "metrics.csv"
+        if self.epoch >= self.cfg.epochs and until_epoch is None:  # a finished run: resuming it redoes nothing
+            done = self.dist.broadcast_object(_finished_summary(self.out) if self.dist.is_writer else None)
+            if done is not None:
+                return done
         if self.dist.is_writer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "config.json", {"schema_version": 1, "train": self.cfg.to_dict(),
@@ -430,6 +435,16 @@ def resume_trainer(run_dir: str | Path, progress: bool = True, export_dir: str |
     trainer = Trainer(TrainConfig.from_dict(cfg), run_dir, progress=progress, export_dir=export_dir, device=device, dist=dist)
     trainer.load_checkpoint()
     return trainer
+
+
+def _finished_summary(out: Path) -> dict | None:
+    """The summary of a run that finished (None if it has none yet, or a damaged one: then the
+    final evaluation and export run again and rewrite it)."""
+    try:
+        s = json.loads((out / "summary.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return s if isinstance(s, dict) and s.get("schema_version") == 1 and "test_acc" in s else None
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
