@@ -167,7 +167,13 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds} ({time.time() - t0:.0f} s)", flush=True)
     mem = {k: c.memory(x, y) for k, c in cases.items()}
     med = {k: statistics.median(c.times) for k, c in cases.items()}
-    spread = {k: (statistics.quantiles(c.times, n=4)[0], statistics.quantiles(c.times, n=4)[2]) for k, c in cases.items()}
+    def iqr(t: list[float]) -> tuple[float, float]:
+        if len(t) < 2:
+            return t[0], t[0]
+        q = statistics.quantiles(t, n=4)
+        return q[0], q[2]
+
+    spread = {k: iqr(c.times) for k, c in cases.items()}
 
     def units(op: str, point: str) -> str:
         c = cases[(op, point, False)]
