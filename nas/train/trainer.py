@@ -257,11 +257,8 @@ class Trainer(TrainLoop):
         sd = super().check_state(sd)
         # another configuration's checkpoint (a reused directory) stops here with one line; the
         # device is not part of it (``--resume DIR --device X`` moves a run on purpose)
-        def identity(d: dict) -> dict:
-            return {k: v for k, v in d.items() if k != "device"}
-
-        recorded = config_hash(identity(sd["config"])) if "config" in sd else None
-        check_config_hash(recorded, identity(self.cfg.to_dict()), "checkpoint")
+        recorded = config_hash(sd["config"]) if "config" in sd else None
+        check_config_hash(recorded, self.cfg.to_dict(), "checkpoint")
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
