@@ -25,7 +25,8 @@ re-estimated on 400 training images, otherwise the training defaults. On all 4,0
 32 px the multiplicative network reaches 96-98% and every MF arm lies within a seed's spread of
 it, so nothing can be told apart; with this budget the multiplicative network stays near 74%
 (the table prints it), leaving room above and below. It is also what a 2-core machine can afford:
-the whole grid (81 runs) is about an hour of two training processes on a quiet machine. What it
+the whole grid (81 runs) is an estimated 1.5-2 hours of two training processes on a quiet machine
+(the direct arms take about a minute each, the augmented ones about three). What it
 cannot show: effects that need longer training (adder networks learn slowly at first, and the
 mutation third is only ~40 steps here); those need the same command with ``--train-images`` /
 ``--epochs`` raised. Accuracy is measured on the 1,000 held-out images (mnist5k's 500
