@@ -20,6 +20,11 @@ attributed to it:
   direct training and for the full recipe;
 * the multiplicative network (``--op mult --aug none``): the reference the protocol is sized by.
 
+``remap cdf``, ``shiftaddaug`` (cdf-fc) and ``cdf-fc + affine`` differ only in learnable parts
+that start at the identity and learn at ``remap_lr_scale`` (1%) of the learning rate; in a run
+this short they barely move (about 0.01 from the identity after 25 steps), so these arms are near
+copies of each other here; in Add models the k*k map exists only in the stem.
+
 Protocol (why): 800 training images, 24x24 px, batch 32, 5 epochs (125 steps), BatchNorm
 re-estimated on 400 training images, otherwise the training defaults. On all 4,000 images at
 32 px the multiplicative network reaches 96-98% and every MF arm lies within a seed's spread of
