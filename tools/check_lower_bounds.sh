@@ -11,6 +11,6 @@ venv=${LOWER_BOUNDS_VENV:-.venv-lower}
 "$venv/bin/pip" install -q -c constraints.txt -r tools/lower_bounds.txt "pytest>=7" "pytest-timeout>=2" "hypothesis>=6"
 "$venv/bin/pip" install -q --no-deps -e .
 "$venv/bin/python" -m pip list 2>/dev/null | grep -iE "^(torch|numpy|scipy|pandas|optuna|pyyaml|tqdm|matplotlib|pillow|mlxtend) "
-PYTHONPATH=$PWD "$venv/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider \
+PYTHONPATH=$PWD "$venv/bin/python" -m pytest -m "not slow" -p no:cacheprovider \
     tests/test_lower_bounds.py tests/test_data.py tests/test_bounds.py tests/test_remap.py tests/test_train.py \
     tests/test_search.py tests/test_cli_train.py
