@@ -625,15 +625,16 @@ def energy_table(
 ) -> LookupTable:
     """The energy table of a search space on a hardware, ready to price its archs.
 
-    Opens ``path`` (default ``latency_tables/<space>-<hardware>-<bits>bit-energy.csv``), prices the
+    Opens ``path`` (default ``./latency_tables/<space>-<hardware>-<bits>bit-energy.csv`` in the working
+    directory, ``nas.paths.user_tables_dir``), prices the
     shapes it lacks (all of them the first time) and saves it; seconds for the shipped spaces.
     """
     from nas.cost.energy import load_hardware
-    from nas.paths import LATENCY_TABLES
+    from nas.paths import user_tables_dir
 
     hw = load_hardware(hardware)
     hw.precision(bits)
-    p = Path(path) if path is not None else LATENCY_TABLES / f"{space.name}-{hw.name}-{bits}bit-energy.csv"
+    p = Path(path) if path is not None else user_tables_dir() / f"{space.name}-{hw.name}-{bits}bit-energy.csv"
     t = LookupTable.open(p, lambda: LookupTable.for_energy(hw, bits, space=space.name, ops=list(ops)))
     t.header.update(conventions_header(ops))
     t.build_space(space, ops, progress=progress)
@@ -850,12 +851,9 @@ def _stamp() -> dict:
 def _rel(path: str) -> str:
     if not path:
         return ""
-    from nas.paths import REPO_ROOT
+    from nas.paths import shipped_name
 
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
+    return shipped_name(path)
 
 
 def _fmt(v: Any) -> str:

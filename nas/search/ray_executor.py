@@ -1,11 +1,12 @@
-"""The search on a Ray cluster: the only module that imports ray, and only inside functions.
+"""``RayExecutor``: the search on a Ray cluster; the only module that imports ray, and only inside functions.
 
-``--ray-address local|auto|HOST:PORT`` (``SearchConfig.ray_address``) sends every step of
-``shiftaddaug-search`` to Ray, each with the Ray library meant for it:
+``--ray-address local|auto|HOST:PORT`` (``SearchConfig.ray_address``) makes the search use this
+implementation of ``nas.search.executor.Executor``, which sends every step of ``shiftaddaug search``
+to Ray, each with the Ray library meant for it:
 
 * supernet training and ShiftAddAug training: Ray Train, ``TorchTrainer`` (gloo on CPU, NCCL with
   ``use_gpu``, each rank on ``ray.train.torch.get_device()``), ``ScalingConfig(num_workers=N)``.
-  Every rank builds the same trainer from the run directory and trains it with PyTorch DDP through
+  Every rank builds the same trainer from the step's job (``SupernetJob`` / ``TargetJob``) and trains it with PyTorch DDP through
   ``nas.train.distributed`` (the same code as torchrun: ``no_sync`` for all but the last pass of a
   step, ``find_unused_parameters``, each rank ``batch / N`` images of every batch). After every
   epoch the ranks compare a hash of their weights and of the subnets they sampled; a difference
@@ -54,9 +55,10 @@ import sys
 import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from nas.errors import ConfigError
+from nas.search.executor import Executor, StageTwoJob, SupernetJob, TargetJob, stage_two_accuracy
 
 INSTALL_HINT = "needs the ray extra: pip install -e '.[ray]'"
 # no auth token under $HOME, no usage stats, and Tune's legacy reporter (silent with verbose=0; the
@@ -67,7 +69,7 @@ QUIET_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_A
 # ---------------------------------------------------------------------------------- options
 @dataclass
 class RayOptions:
-    """How much of the cluster each step uses (``SearchRun.ray_options``, or the environment)."""
+    """How much of the cluster each step uses (``RayExecutor(options=...)``, or the environment)."""
 
     eval_workers: int | None = None  # stage-one actors; default: the cluster's free CPUs
     max_concurrent: int | None = None  # stage-two trials in flight; default: the cluster's CPUs (1: the local study)
@@ -104,10 +106,6 @@ class RayOptions:
             except ValueError:
                 raise ConfigError(cls.ENV_PREFIX + f.name.upper(), text, "an integer") from None
         return cls(**kw)
-
-
-def options(run) -> RayOptions:
-    return getattr(run, "ray_options", None) or RayOptions.from_env()
 
 
 # ---------------------------------------------------------------------------------- connecting
@@ -167,30 +165,137 @@ def connect(address: str) -> None:
                           "`ray start --head --port=PORT` or use --ray-address local") from None
 
 
-def _storage(run) -> str:
-    """Where Tune and Train write: ``<run>/ray`` (absolute, as Ray requires)."""
-    return str((Path(run.out) / "ray").resolve())
+# ---------------------------------------------------------------------------------- the executor
+class RayExecutor(Executor):
+    """Every step of the search on the Ray cluster at ``address``; Tune and Train records under
+    ``storage`` (``<run>/ray``). ``options``: how much of the cluster each step takes (default:
+    ``RayOptions.from_env()``). Connects on first use. ``train_results`` collects what every Ray
+    Train run returned (``world_size``, ``samples_digests``: one hash of the sampled subnets per epoch)."""
+
+    def __init__(self, address: str, storage: str | Path, options: RayOptions | None = None, progress: bool = True):
+        check_ray(address)
+        self.address, self.storage, self.progress = address, Path(storage), progress
+        self.options = options or RayOptions.from_env()
+        self.train_results: list[dict] = []
+        self._pool: _EvalPool | None = None
+
+    def train_supernet(self, job: SupernetJob, loaders=None) -> None:
+        """Ray Train; rank 0 writes ``job.checkpoint`` and ``job.log`` (``loaders`` are not used:
+        every rank builds its own from ``job.data``)."""
+        connect(self.address)
+        r = _fit(self.address, self.storage, self.options, job.data.batch_size, _supernet_worker, {"job": job}, "supernet")
+        _missing(job.checkpoint)
+        self.train_results.append(r)
+
+    def evaluate(self, evaluator, candidates: Sequence) -> list[float]:
+        """On actors that hold a copy of ``evaluator``'s supernet and batches (one CPU, one torch
+        thread each), deduplicated and cached in ``evaluator.cache`` like a local evaluation."""
+        from nas.search.evaluator import Evaluator
+
+        if self._pool is None or self._pool.evaluator is not evaluator:
+            self.release()
+            self._pool = _EvalPool(evaluator, self.address, self.options)
+        keys = [Evaluator.key(a) for a in candidates]
+        todo: dict[str, Any] = {}
+        for k, a in zip(keys, candidates):
+            if k not in evaluator.cache and k not in todo:
+                todo[k] = a
+        if todo:
+            for k, acc in zip(todo, self._pool.map(list(todo.values()))):
+                evaluator.cache[k] = float(acc)
+            evaluator.calls += len(todo)
+        return [evaluator.cache[k] for k in keys]
+
+    def eval_pids(self) -> list[int]:
+        """Process ids of the evaluation actors (they restart in new processes when killed)."""
+        return self._pool.pids() if self._pool is not None else []
+
+    def release(self) -> None:
+        """Kill the evaluation actors: their CPUs go back to the cluster (stage two, training)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def run_stage_two(self, evaluator, job: StageTwoJob) -> tuple[Any, Any]:
+        """Stage two as a Ray Tune experiment on the run's Optuna study; ``(best_target(...), study)``
+        exactly as ``target_search.run_stage_two`` returns them."""
+        connect(self.address)
+        import ray
+        from optuna.trial import TrialState
+        from ray import tune
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        from nas.search.target_search import best_target, open_study, requeue_interrupted
+        from nas.space import TargetSpace
+
+        self.release()
+        opts = self.options
+        ts = TargetSpace(job.space, job.subnet)
+        # the study, its resume and its warm start exactly as the local run_stage_two
+        study = open_study(job.journal, "stage2", job.seed)
+        fresh = len(study.trials) == 0
+        requeue_interrupted(study)
+        if fresh:
+            for largest in (True, False):
+                study.enqueue_trial(ts.extreme_genome(largest), user_attrs={"warm_start": "largest" if largest else "smallest"})
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        remaining = max(0, job.trials - done)
+        if remaining:
+            # the same storage object and the study's own seeded sampler: one study, local or Ray
+            searcher = OptunaSearch(space=TargetDefineByRun(ts, job.cost, job.budget), metric="accuracy", mode="max",
+                                    sampler=study.sampler, storage=study._storage, study_name="stage2")
+            concurrent = opts.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            payload = {**_payload(evaluator), "space": job.space, "subnet": job.subnet, "op": job.op}
+            trainable = tune.with_resources(tune.with_parameters(_stage_two_trial, payload=payload), {"cpu": 1})
+            bar = _progress(self.progress, job.trials, done)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
+                                            num_samples=remaining, reuse_actors=True, trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(name="stage2", storage_path=str(self.storage.resolve()), verbose=0, callbacks=[bar],
+                                          failure_config=tune.FailureConfig(max_failures=opts.max_failures)),
+            )
+            try:
+                results = tuner.fit()
+            finally:
+                bar.close()
+            if results.errors:
+                raise RuntimeError(f"stage two: {len(results.errors)} Tune trial(s) failed after {opts.max_failures} retries; "
+                                   f"first error: {results.errors[0]}")
+        return best_target(study, ts, stage_two_accuracy(evaluator, job.op), job.cost, job.budget), study
+
+    def train_target(self, job: TargetJob) -> dict:
+        """Ray Train; rank 0 writes ``job.train_dir`` (and ``job.export_dir``) exactly as a local
+        ``Trainer`` would. A resumed job (``config`` None) continues where the run directory stands."""
+        import json
+
+        connect(self.address)
+        self.release()
+        train_dir = Path(job.train_dir).resolve()
+        batch = (job.config.batch_size if job.config is not None
+                 else json.loads((train_dir / "config.json").read_text())["train"]["batch_size"])
+        config = {"train": None if job.config is None else job.config.to_dict(), "train_dir": str(train_dir),
+                  "export_dir": None if job.export_dir is None else str(Path(job.export_dir).resolve())}
+        r = _fit(self.address, self.storage, self.options, batch, _train_worker, config, "train")
+        _missing(train_dir / "summary.json")
+        summary = r.pop("summary")
+        self.train_results.append(r)
+        return summary
 
 
-# ---------------------------------------------------------------------------------- the supernet, for evaluation
-def _supernet(run):
-    """The trained supernet as ``run_supernet`` builds it (``SupernetTrainer``), from ``supernet.pt``,
-    on the CPU (the evaluating actors compute on one CPU each, in float32)."""
-    import torch
-
-    net = run.supernet_trainer().net.cpu()
-    net.load_state_dict(torch.load(Path(run.out) / "supernet.pt", map_location="cpu", weights_only=True)["model"])
-    return net
-
-
+# ---------------------------------------------------------------------------------- stage one: actors
 def _cpu(batches: list) -> list:
     return [(x.cpu(), y.cpu()) for x, y in batches]
 
 
-def _payload(run) -> dict:
-    """What an evaluating worker needs, shipped once through the object store (no shared disk)."""
-    return {"key": uuid.uuid4().hex, "net": _supernet(run), "calib": _cpu(run.calib), "val": _cpu(run.val),
-            "space": run.space, "op": run.cfg.op}
+def _payload(evaluator) -> dict:
+    """What an evaluating worker needs, shipped once through the object store (no shared disk):
+    a CPU copy of the evaluator's supernet and its batches (the workers compute in float32)."""
+    import copy
+
+    return {"key": uuid.uuid4().hex, "net": copy.deepcopy(evaluator.net).cpu(), "calib": _cpu(evaluator.calib),
+            "val": _cpu(evaluator.val)}
 
 
 _EVALUATORS: dict[str, Any] = {}  # per worker process: payload key -> Evaluator (Tune reuses actors)
@@ -232,36 +337,25 @@ class EvalActor:
         return os.getpid()
 
 
-class BatchFitness:
-    """``EvolutionSearch.batch_fitness``: a list of Archs -> their accuracies, in order.
+class _EvalPool:
+    """Actors (``RayOptions.eval_workers``, default one per free CPU) holding one evaluator's
+    payload, each with one CPU and one torch thread, restarted when their process dies."""
 
-    Deduplicates and caches by ``Evaluator.key`` like the local Evaluator, so ``calls`` counts the
-    same evaluations. ``close()`` kills the actors (their CPUs go back to the cluster).
-    """
-
-    def __init__(self, actors: list, payload_ref):
+    def __init__(self, evaluator, address: str, opts: RayOptions):
+        connect(address)
+        import ray
         from ray.util import ActorPool
 
-        self.actors = actors
-        self.pool = ActorPool(actors)
-        self._payload = [payload_ref]  # owned by this driver: alive as long as this object
-        self.cache: dict[str, float] = {}
-        self.calls = 0
+        self.evaluator = evaluator
+        n = opts.eval_workers or max(1, int(ray.available_resources().get("CPU", 1)))
+        self._payload = [ray.put(_payload(evaluator))]  # owned by this driver: alive as long as this pool
+        actor_cls = ray.remote(num_cpus=1, max_restarts=opts.max_failures, max_task_retries=opts.max_failures)(EvalActor)
+        self.actors = [actor_cls.remote() for _ in range(n)]
+        self.pool = ActorPool(self.actors)
 
-    def __call__(self, archs: list) -> list[float]:
-        from nas.search.evaluator import Evaluator
-
-        keys = [Evaluator.key(a) for a in archs]
-        todo: dict[str, Any] = {}
-        for k, a in zip(keys, archs):
-            if k not in self.cache and k not in todo:
-                todo[k] = a
-        if todo:
-            scores = self.pool.map(lambda actor, a: actor.accuracy.remote(a, self._payload), list(todo.values()))
-            for k, acc in zip(todo, scores):
-                self.cache[k] = float(acc)
-            self.calls += len(todo)
-        return [self.cache[k] for k in keys]
+    def map(self, archs: list) -> list[float]:
+        """Scores in the order of ``archs``."""
+        return list(self.pool.map(lambda actor, a: actor.accuracy.remote(a, self._payload), archs))
 
     def pids(self) -> list[int]:
         import ray
@@ -276,34 +370,20 @@ class BatchFitness:
         self.actors = []
 
 
-def batch_fitness(run, workers: int | None = None) -> BatchFitness:
-    """Stage-one evaluation on Ray actors (``workers``, default ``RayOptions.eval_workers`` or one
-    per free CPU), each with one CPU and one torch thread, restarted when their process dies."""
-    connect(run.cfg.ray_address)
-    import ray
-
-    opts = options(run)
-    n = workers or opts.eval_workers or max(1, int(ray.available_resources().get("CPU", 1)))
-    ref = ray.put(_payload(run))
-    actor_cls = ray.remote(num_cpus=1, max_restarts=opts.max_failures, max_task_retries=opts.max_failures)(EvalActor)
-    actors = [actor_cls.remote() for _ in range(n)]
-    return BatchFitness(actors, ref)
-
-
 # ---------------------------------------------------------------------------------- stage two: Tune + OptunaSearch
 class TargetDefineByRun:
     """OptunaSearch's define-by-run space (runs in the driver; Tune pickles it with the searcher):
     the TargetSpace genes (``define_target``), then the table price as ``trial.set_constraint``,
     known before any training, and the user attributes the local objective sets."""
 
-    def __init__(self, ts, pricer, budget: float):
-        self.ts, self.pricer, self.budget = ts, pricer, budget
+    def __init__(self, ts, cost: Callable, budget: float):
+        self.ts, self.cost, self.budget = ts, cost, budget
 
     def __call__(self, trial) -> None:
         from nas.search.target_search import define_target
 
         target, blocks = self.ts.decode(define_target(trial, self.ts))
-        price = self.pricer.cost(target)
+        price = self.cost(target)
         trial.set_constraint("budget", price - self.budget)
         trial.set_user_attr("cost", price)
         trial.set_user_attr("arch_id", target.arch_id)
@@ -326,14 +406,14 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"  # <run>/ray/stage2/trial_<id>/ (Tune's default name lists every parameter)
 
 
-def _progress(run, total: int, done: int):
+def _progress(show: bool, total: int, done: int):
     """A Tune callback drawing the local run's stage-two progress bar."""
     from ray import tune
     from tqdm import tqdm
 
     class Bar(tune.Callback):
         def __init__(self):
-            self.bar = tqdm(total=total, initial=done, desc="stage 2 (optuna on ray)", disable=not run.progress, leave=False)
+            self.bar = tqdm(total=total, initial=done, desc="stage 2 (optuna on ray)", disable=not show, leave=False)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.bar.update(1)
@@ -342,56 +422,6 @@ def _progress(run, total: int, done: int):
             self.bar.close()
 
     return Bar()
-
-
-def run_stage_two_ray(run, subnet, accuracy: Callable) -> tuple[Any, Any]:
-    """Stage two as a Ray Tune experiment on the run's Optuna study; ``(best_target(...), study)``
-    exactly as ``target_search.run_stage_two`` returns them."""
-    connect(run.cfg.ray_address)
-    import ray
-    from optuna.trial import TrialState
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    from nas.search.target_search import best_target, open_study, requeue_interrupted
-    from nas.space import TargetSpace
-
-    c, opts = run.cfg, options(run)
-    ts = TargetSpace(run.space, subnet)
-    budget, cost = run.budget.value, run.pricer.cost
-    # the study, its resume and its warm start exactly as the local run_stage_two
-    study = open_study(Path(run.out) / "stage2.journal", "stage2", c.seed)
-    fresh = len(study.trials) == 0
-    requeue_interrupted(study)
-    if fresh:
-        for largest in (True, False):
-            study.enqueue_trial(ts.extreme_genome(largest), user_attrs={"warm_start": "largest" if largest else "smallest"})
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    remaining = max(0, c.trials - done)
-    if remaining:
-        # the same storage object and the study's own seeded sampler: one study, local or Ray
-        searcher = OptunaSearch(space=TargetDefineByRun(ts, run.pricer, budget), metric="accuracy", mode="max", sampler=study.sampler,
-                                storage=study._storage, study_name="stage2")
-        concurrent = opts.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        payload = {**_payload(run), "subnet": subnet}
-        trainable = tune.with_resources(tune.with_parameters(_stage_two_trial, payload=payload), {"cpu": 1})
-        bar = _progress(run, c.trials, done)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
-                                        num_samples=remaining, reuse_actors=True, trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(name="stage2", storage_path=_storage(run), verbose=0, callbacks=[bar],
-                                      failure_config=tune.FailureConfig(max_failures=opts.max_failures)),
-        )
-        try:
-            results = tuner.fit()
-        finally:
-            bar.close()
-        if results.errors:
-            raise RuntimeError(f"stage two: {len(results.errors)} Tune trial(s) failed after {opts.max_failures} retries; "
-                               f"first error: {results.errors[0]}")
-    return best_target(study, ts, accuracy, cost, budget), study
 
 
 # ---------------------------------------------------------------------------------- Ray Train
@@ -430,15 +460,12 @@ def _report_epoch(trainer, row: dict) -> None:
 
 
 def _supernet_worker(config: dict) -> dict:
-    """Ray Train loop: the run's SupernetTrainer, data-parallel, resuming from ``supernet.pt``."""
-    from nas.search.pipeline import SearchConfig, SearchRun
-
+    """Ray Train loop: the job's SupernetTrainer, data-parallel, resuming from its checkpoint."""
     dist, device = _worker_setup(config)
-    run = SearchRun(SearchConfig(**{**config["search"], "device": str(device)}), config["out"], progress=False)
-    run.setup()
-    sup = run.supernet_trainer(dist=dist)
+    job: SupernetJob = config["job"]
+    sup = job.trainer(device=device, dist=dist)
     sup.epoch_callbacks.append(lambda row: _report_epoch(sup, row))
-    sup.fit(run.out / "supernet.pt", run.out / "supernet_log.json")
+    sup.fit(job.checkpoint, job.log)
     return {"world_size": dist.world_size, "samples_digests": sup.sample_digests}
 
 
@@ -502,37 +529,3 @@ def _missing(path: Path) -> None:
     if not path.is_file():
         raise RuntimeError(f"Ray Train finished but {path} is missing: on a multi-node cluster the run "
                            "directory must be on a filesystem every node shares (docs/ray.md)")
-
-
-def train_supernet(run) -> dict:
-    """Supernet training with Ray Train; rank 0 writes ``supernet.pt`` / ``supernet_log.json``.
-    Returns ``{"world_size", "samples_digests"}`` (one hash of the sampled subnets per epoch)."""
-    connect(run.cfg.ray_address)
-    config = {"search": run.cfg.to_dict(), "out": str(Path(run.out).resolve())}
-    r = _fit(run.cfg.ray_address, Path(run.out) / "ray", options(run), run.cfg.batch_size, _supernet_worker, config, "supernet")
-    _missing(Path(run.out) / "supernet.pt")
-    return r
-
-
-def train(address: str, train_dir: str | Path, tc=None, export_dir: str | Path | None = None,
-          opts: RayOptions | None = None, storage: str | Path | None = None) -> dict:
-    """ShiftAddAug training with Ray Train: ``tc`` a TrainConfig, or None to resume ``train_dir``.
-    Rank 0 writes ``train_dir`` (and ``export_dir``, default ``train_dir/target``) exactly as a local
-    ``Trainer`` would; records under ``storage`` (default ``train_dir/ray``). Returns
-    ``{"world_size", "samples_digests", "summary"}``, the summary as ``Trainer.fit`` returns it."""
-    import json
-
-    connect(address)
-    train_dir = Path(train_dir).resolve()
-    batch = tc.batch_size if tc is not None else json.loads((train_dir / "config.json").read_text())["train"]["batch_size"]
-    config = {"train": None if tc is None else tc.to_dict(), "train_dir": str(train_dir),
-              "export_dir": None if export_dir is None else str(Path(export_dir).resolve())}
-    r = _fit(address, Path(storage) if storage else train_dir / "ray", opts or RayOptions.from_env(), batch, _train_worker, config, "train")
-    _missing(train_dir / "summary.json")
-    return r
-
-
-def train_target(run, tc) -> dict:
-    """The search's ShiftAddAug training step on Ray Train: ``run.out/train`` and ``run.out/target``."""
-    out = Path(run.out)
-    return train(run.cfg.ray_address, out / "train", tc, out / "target", options(run), out / "ray")["summary"]
