@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-import nas
+from nas._version import __version__
 from nas.arch import Arch
 from nas.errors import ConfigError
 from nas.io import atomic_torch_save, atomic_write_json, read_torch
@@ -97,7 +97,7 @@ def export_target(net, out_dir: str | Path, sample: torch.Tensor, op_options: di
         "bn_recalibrated": True,
         "export_max_abs_logit_diff": diff,
         "multiplicative_layers": mult_layers,
-        "toolkit_version": nas.__version__,
+        "toolkit_version": __version__,
         "torch_version": torch.__version__,
         **(meta or {}),
     }

@@ -38,6 +38,13 @@ def runs_dir() -> Path:
     return Path.cwd() / "runs"
 
 
+def new_run_dir(name: str) -> Path:
+    """``./runs/<timestamp>-<name>``: where a new run goes when no directory is given."""
+    import time
+
+    return runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+
+
 def user_tables_dir() -> Path:
     """Where lookup tables a user builds go by default: ``./latency_tables`` of the working directory."""
     return Path.cwd() / "latency_tables"

@@ -35,10 +35,10 @@ VERBS: dict[str, tuple[Callable[[Sequence[str] | None], int], str]] = {
 
 
 def usage() -> str:
-    import nas
+    from nas._version import __version__
 
     lines = [f"usage: shiftaddaug {{{','.join(VERBS)}}} ... [-h]", "",
-             f"shiftaddaug {nas.__version__}: find and train tiny multiplication-free neural networks.", "", "commands:"]
+             f"shiftaddaug {__version__}: find and train tiny multiplication-free neural networks.", "", "commands:"]
     lines += [f"  {verb:<8}{text}" for verb, (_, text) in VERBS.items()]
     lines += ["", "`shiftaddaug COMMAND --help` explains a command, with examples. Each command is also installed as",
               "shiftaddaug-COMMAND (e.g. shiftaddaug-search)."]
@@ -52,9 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0 if args else 2
     if args[0] == "--version":
-        import nas
+        from nas._version import __version__
 
-        print(f"shiftaddaug {nas.__version__}")
+        print(f"shiftaddaug {__version__}")
         return 0
     if args[0] not in VERBS:
         print(f"error: command: got {args[0]!r}; allowed: {', '.join(VERBS)} (shiftaddaug --help)", file=sys.stderr)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nas.errors import ConfigError, InfeasibleBudgetError, TrainingDivergedError
+from nas.paths import new_run_dir as default_run_dir  # noqa: F401 (./runs/<time>-<name>; the commands' default)
 
 EXAMPLES = argparse.RawDescriptionHelpFormatter
 # --help sections of the generated flags, in this order (others after them)
@@ -212,13 +213,3 @@ def resolve_arch(args: argparse.Namespace):
     if args.op:
         arch = arch.with_ops(args.op)
     return resize(arch, args.resolution, args.classes)
-
-
-# ---------------------------------------------------------------------------------- run directories
-def default_run_dir(name: str) -> Path:
-    """``runs/<timestamp>-<name>`` in the working directory (``nas.paths.runs_dir``)."""
-    import time
-
-    from nas.paths import runs_dir
-
-    return runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"

@@ -6,8 +6,8 @@ ways to get one:
 * torchrun (``init_from_env``): ``torchrun --nproc-per-node N --no-python shiftaddaug-train ...``
   sets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``; this joins the process group (gloo on CPU,
   NCCL on CUDA, each rank on GPU ``LOCAL_RANK``);
-* Ray Train (``nas.search.ray_adapter``): ``TorchTrainer`` has already joined the group; the
-  adapter builds a ``Distributed`` from ``ray.train.get_context()``. Nothing in ``nas.train``
+* Ray Train (``nas.search.ray_executor``): ``TorchTrainer`` has already joined the group; the
+  executor builds a ``Distributed`` from ``ray.train.get_context()``. Nothing in ``nas.train``
   imports ray.
 
 What data-parallel training means here, so that N ranks run the algorithm of one process:

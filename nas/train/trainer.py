@@ -130,6 +130,8 @@ class MethodConfig:
 
     def __post_init__(self):
         normalise(self)
+        if self.eta == 0:  # AdderNet's gradient scale: 0 means off (the flag's "--eta 0"), recorded as null
+            self.eta = None
 
     def check_method(self) -> None:
         """One ConfigError naming the first method field with a value outside what it allows."""
@@ -141,7 +143,7 @@ class MethodConfig:
         check("remap", self.remap in REMAP_KINDS, f"allowed: {', '.join(REMAP_KINDS)}")
         check("hybrid", self.hybrid in ("mf", "mult"), "allowed: mf, mult")
         check("mutation", self.mutation is None or 0 <= self.mutation < 1, "a fraction of training in [0, 1)")
-        check("eta", self.eta is None or (self.eta > 0 and math.isfinite(self.eta)), "a positive number, or 0 / null (off)")
+        check("eta", self.eta is None or (self.eta > 0 and math.isfinite(self.eta)), "a positive number, or 0 / null for off")
         check("weight_decay", self.weight_decay >= 0, "a number >= 0")
         check("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)")
         check("momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
