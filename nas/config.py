@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -100,6 +101,14 @@ def field_infos(cls: type) -> list[FieldInfo]:
     return out
 
 
+def _yaml_number(v: Any) -> Any:
+    """``v``, or the number it spells when it is a string like ``4e-05``: YAML 1.1 (PyYAML) reads
+    exponents without a dot as strings, and a run's own ``config.json`` is full of them."""
+    if isinstance(v, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", v.strip()):
+        return float(v)
+    return v
+
+
 def coerce(info: FieldInfo, value: Any, where: str) -> Any:
     """``value`` read from a file for the field ``info``, checked against its type and choices;
     numbers normalised (an int where a float is expected becomes a float, lists of factors the
@@ -117,12 +126,15 @@ def coerce(info: FieldInfo, value: Any, where: str) -> Any:
     if info.kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
         bad("an integer")
     if info.kind == "float":
+        value = _yaml_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             bad("a number")
         value = float(value)
     if info.kind == "str" and not isinstance(value, str):
         bad("a string")
     if info.kind == "floats":
+        if isinstance(value, (list, tuple)):
+            value = [_yaml_number(v) for v in value]
         if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
             bad("a list of numbers")
         value = (info.container or tuple)(float(v) for v in value)

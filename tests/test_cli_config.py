@@ -153,4 +153,9 @@ def test_a_runs_config_json_trains_the_same_run_again(tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # bit-identical export
     ca, cb = (json.loads((d / "config.json").read_text())["train"] for d in (first, again))
     assert ca == cb and ca["stop_width"] == 0.25 and ca["sort_channels"] is False
-    assert yaml.safe_load((first / "config.json").read_text())["train"] == ca  # YAML reads it too
+    # read as YAML it is the same configuration (PyYAML reads 4e-05 as a string; the reader takes it as the number)
+    (tmp_path / "as.yaml").write_text((first / "config.json").read_text())
+    assert yaml.safe_load((tmp_path / "as.yaml").read_text())["train"]["weight_decay"] == "4e-05"
+    p = train_cli.build_parser()
+    from_yaml, from_json = (train_cli.train_config(p.parse_args(["--config", str(f)])) for f in (tmp_path / "as.yaml", first / "config.json"))
+    assert from_yaml == from_json and from_json.weight_decay == 4e-05
