@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nas.errors import ConfigError, InfeasibleBudgetError, TrainingDivergedError
+from nas.ops.registry import op_kinds
 from nas.paths import new_run_dir as default_run_dir  # noqa: F401 (./runs/<time>-<name>; the commands' default)
 
 EXAMPLES = argparse.RawDescriptionHelpFormatter
@@ -190,7 +191,7 @@ def add_arch_args(p: argparse.ArgumentParser, op_default: str | None = None) -> 
     src.add_argument("--arch", metavar="FILE", help="an Arch JSON file, or an OFA / MCUNet net.config")
     p.add_argument(
         "--op",
-        choices=("mult", "shift", "add"),
+        choices=op_kinds(),
         default=op_default,
         help="operator convention: shift = every conv ShiftConv, classifier mult; add = stem and 1x1 convs "
         "(SE convs included) AddConv, depthwise and classifier mult (default: mult for --model, the file's own ops for --arch)",

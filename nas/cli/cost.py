@@ -13,7 +13,8 @@ from nas.errors import ConfigError
 @_friendly
 def main(argv: Sequence[str] | None = None) -> int:
     from nas.cost.counting import count_ops
-    from nas.cost.energy import DEFAULT_HARDWARE, list_hardware, load_hardware, price_arch
+    from nas.cost.energy import price_arch
+    from nas.cost.hardware import DEFAULT_HARDWARE, list_hardware, load_hardware
 
     p = argparse.ArgumentParser(
         prog="shiftaddaug cost",

@@ -40,6 +40,7 @@ from nas.config import from_mapping, knob
 from nas.cost.budget import Budget, parse_budget
 from nas.errors import ConfigError, InfeasibleBudgetError, check_keys
 from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_checkpoint, note, set_aside
+from nas.ops.registry import mf_kinds
 from nas.search.executor import DataSpec, Executor, LocalExecutor, StageTwoJob, SupernetJob, TargetJob
 from nas.rundir import check_config_hash, config_hash, heal_search_dir, is_writer, read_json, read_run_config
 from nas.space import SearchSpace, TargetSpace
@@ -88,7 +89,7 @@ class SearchConfig(MethodConfig):
 
     budget: str = knob("0.02mJ", metavar="BUDGET", group=SEARCH,
                        help="energy (mJ, uJ, J) or latency (ms, us, s) budget of the TargetNet, e.g. 20mJ, 300uJ, 5ms")
-    op: str = knob("shift", choices=("shift", "add"), group=SEARCH, help="multiplication-free operator of the TargetNet")
+    op: str = knob("shift", choices=mf_kinds, group=SEARCH, help="multiplication-free operator of the TargetNet")
     preset: str = knob("quick", choices=tuple(PRESETS), group=SEARCH,
                        help="quick: minutes on a laptop CPU with the bundled data; paper: the paper's recipe on one GPU "
                        "(CIFAR-100 at 160 px, 250 epochs of final training; docs/paper-recipe.md); "
@@ -128,8 +129,8 @@ class SearchConfig(MethodConfig):
         """Fill every unset field from the preset and validate."""
         if self.preset not in PRESETS:
             raise ConfigError("--preset", self.preset, f"allowed: {', '.join(PRESETS)}")
-        if self.op not in ("shift", "add"):
-            raise ConfigError("--op", self.op, "allowed: shift, add (the TargetNet is multiplication-free)")
+        if self.op not in mf_kinds():
+            raise ConfigError("--op", self.op, f"allowed: {', '.join(mf_kinds())} (the TargetNet is multiplication-free)")
         parse_budget(self.budget)
         d = dataclasses.asdict(self)
         preset = {**PRESET_DEFAULTS, **PRESETS[self.preset]}
@@ -188,7 +189,7 @@ class SearchRun:
 
     # ------------------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from nas.cost.lut import energy_table
+        from nas.cost.tables import energy_table
         from nas.data import calibration_batches
         from nas.search.evaluator import Pricer
 
@@ -434,7 +435,7 @@ def space_cost_range(space: SearchSpace, op: str, budget: Budget, hardware=None,
     """Cost of the cheapest and of the dearest network of ``space`` with operator ``op``, in the
     budget's unit: from the space's shipped table when it was built for this hardware and width
     (rows it lacks are priced in memory), else from the energy model. Writes nothing."""
-    from nas.cost.lut import shipped_energy_table
+    from nas.cost.tables import shipped_energy_table
     from nas.search.evaluator import Pricer
 
     pricer = Pricer(budget, op, shipped_energy_table(space, hardware, bits), hardware, bits)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from nas.errors import ConfigError
 from nas.io import atomic_write_json
+from nas.ops.registry import get_kind
 from nas.space import SearchSpace, TargetSpace
 from nas.supernet.net import DynamicNet
 from nas.train.distributed import Distributed
@@ -48,8 +49,7 @@ class SupernetTrainer(TrainLoop):
                  label_smoothing: float = 0.1, progress: bool = True, device: str | torch.device | None = "cpu",
                  precision: str = "fp32", dist: Distributed | None = None, branch_norm: bool = True,
                  momentum: float = 0.9, remap_lr_scale: float = 0.01, kl_weight: float = 10.0):
-        if op not in ("shift", "add", "mult"):
-            raise ConfigError("op", op, "allowed: shift, add, mult")
+        get_kind(op)  # a registered operator kind, or a ConfigError naming them
         steps = len(loaders.train)
         super().__init__(loaders, epochs=epochs, lr=lr, warmup_steps=min(steps, epochs * steps // 4), seed=seed,
                          weight_decay=weight_decay, momentum=momentum, remap_lr_scale=remap_lr_scale, device=device,

@@ -39,6 +39,7 @@ from nas.arch import Arch
 from nas.config import from_mapping, knob, normalise
 from nas.errors import ConfigError
 from nas.io import atomic_savefig, atomic_write_json, atomic_write_text
+from nas.ops.registry import get_kind, op_kinds
 from nas.ops.remap import REMAP_KINDS
 from nas.rundir import check_config_hash, config_hash, heal_csv, read_run_config
 from nas.supernet.net import DynamicNet, sort_channels
@@ -167,7 +168,7 @@ class TrainConfig(MethodConfig):
     # the network
     model: str | None = knob("mbv2-tiny", metavar="NAME", group="the network", help=_zoo_help)
     arch: str | None = knob(None, metavar="FILE", group="the network", help="an Arch JSON file or OFA / MCUNet net.config, instead of --model")
-    op: str = knob("shift", choices=("shift", "add", "mult"), group="the network", help="operator of the TargetNet")
+    op: str = knob("shift", choices=op_kinds, group="the network", help="operator of the TargetNet")
     resolution: int | None = knob(None, metavar="R", group="the network",
                                   help="input resolution (default: the dataset's native size, 32 for mnist5k / CIFAR)")
     aug_depth: int = knob(0, metavar="N", group=METHOD, help="extra blocks per stage that only the augmented pass runs")
@@ -205,7 +206,7 @@ class TrainConfig(MethodConfig):
             if not ok:
                 raise ConfigError(name, getattr(self, name), allowed)
 
-        check("op", self.op in ("mult", "shift", "add"), "allowed: mult, shift, add")
+        check("op", self.op in op_kinds(), f"allowed: {', '.join(op_kinds())}")
         self.check_method()
         check("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an integer >= 1")
         check("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 2, "an integer >= 2")
@@ -225,9 +226,10 @@ class TrainConfig(MethodConfig):
 
     @property
     def mutation_fraction(self) -> float:
+        mf = get_kind(self.op).multiplication_free  # mutation turns multiplicative units into the target's MF ones
         if self.mutation is not None:
-            return self.mutation if self.op != "mult" else 0.0
-        return 1 / 3 if (self.aug == "shiftaddaug" and self.op != "mult") else 0.0
+            return self.mutation if mf else 0.0
+        return 1 / 3 if (self.aug == "shiftaddaug" and mf) else 0.0
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -327,11 +329,8 @@ class Trainer(TrainLoop):
         sd = super().check_state(sd)
         # another configuration's checkpoint (a reused directory) stops here with one line; the
         # device is not part of it (``--resume DIR --device X`` moves a run on purpose)
-        def identity(d: dict) -> dict:
-            return {k: v for k, v in d.items() if k != "device"}
-
-        recorded = config_hash(identity(sd["config"])) if "config" in sd else None
-        check_config_hash(recorded, identity(self.cfg.to_dict()), "checkpoint")
+        recorded = config_hash(sd["config"]) if "config" in sd else None
+        check_config_hash(recorded, self.cfg.to_dict(), "checkpoint")
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
