@@ -105,7 +105,7 @@ def search(budget: str | None = None, *, out: str | Path | None = None, config: 
     cfg = SearchConfig(**_values(SearchConfig, config, "search", "train", options))
     cfg.resolved()  # bad options fail before the run directory is touched
     out = Path(out) if out is not None else new_run_dir(f"search-{cfg.op}-{cfg.budget.replace(' ', '')}")
-    with claim(out, "nas.search", overwrite=overwrite):
+    with claim(out, "nas.search", overwrite=overwrite, flag="out"):
         SearchRun(cfg, out, progress=progress).run()
     return load(out)
 
@@ -130,6 +130,6 @@ def train(model: str | None = None, *, out: str | Path | None = None, config: st
     cfg = TrainConfig(**values).validate()
     name = cfg.model or (Path(cfg.arch).stem if cfg.arch else "subnet")
     out = Path(out) if out is not None else new_run_dir(f"train-{name}-{cfg.op}-{cfg.aug}")
-    with claim(out, "nas.train", overwrite=overwrite):
+    with claim(out, "nas.train", overwrite=overwrite, flag="out"):
         Trainer(cfg, out, progress=progress).fit()
     return load(out)
