@@ -143,10 +143,15 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_a_runs_config_json_trains_the_same_run_again(tmp_path):
+def test_a_runs_config_json_trains_the_same_run_again(tmp_path, capsys):
     first, again = tmp_path / "first", tmp_path / "again"
-    assert train_main(TINY_TRAIN + ["--stop-width", "0.25", "--no-sort-channels", "--out", str(first)]) == 0
+    verbose = [a for a in TINY_TRAIN if a != "--quiet"] + ["-v"]
+    assert main(["train"] + verbose + ["--stop-width", "0.25", "--no-sort-channels", "--out", str(first)]) == 0
+    err = capsys.readouterr().err.splitlines()  # -v: the library's debug records, as plain lines on stderr
+    assert any(line.startswith("training mbv2-tiny (shift, aug shiftaddaug) in ") for line in err)
+    assert "epoch 1/1: loss" in "\n".join(err)
     assert train_main(["--config", str(first / "config.json"), "--out", str(again), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""  # -q: warnings and errors only
     a, b = (json.loads((d / "summary.json").read_text()) for d in (first, again))
     assert (a["val_acc"], a["test_acc"]) == (b["val_acc"], b["test_acc"])
     wa, wb = _weights(first / "target" / "weights.pt"), _weights(again / "target" / "weights.pt")

@@ -213,6 +213,8 @@ class SearchRun:
         self.pricer = Pricer(self.budget, c.op, self.table)
         if self.executor is None:
             self.executor = make_executor(c, self.out, self.device, self.progress)
+        log.debug(f"search in {self.out}: executor {type(self.executor).__name__}, device {self.device}, space "
+                  f"{self.space.name} ({self.space.num_classes} classes), price list {self.out / 'lut.csv'} ({len(self.table)} rows)")
 
     def check_budget(self, num_classes: int | None = None) -> dict:
         """The budget against the space's cost range (``budget_preview``), before any data is read;

@@ -318,6 +318,9 @@ class Trainer(TrainLoop):
 
         self.setup_model(build)
         self.mutation = MutationSchedule(self.target, cfg.mutation_fraction)
+        log.debug(f"training {self.target.name} ({cfg.op}, aug {cfg.aug}) in {self.out} on {self.device}, {cfg.precision}: "
+                  f"{loaders.train.num_images} training images, {steps} steps per epoch, largest network {max_arch.name}, "
+                  f"mutation over {cfg.mutation_fraction:.3g} of training")
         self.py_rngs["aug"] = random.Random(cfg.seed + 1)
         self.best_val = 0.0
 
