@@ -5,15 +5,6 @@ Calling the package runs a search: ``nas.search(budget="0.02mJ", ...)`` is ``nas
 callable, so either meaning works whether or not the package has been imported).
 """
 
-import sys
-import types
+from nas._callable import callable_package
 
-
-class _SearchPackage(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        from nas.api import search
-
-        return search(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _SearchPackage
+callable_package(__name__, "search")

@@ -5,15 +5,6 @@ Calling the package trains a network: ``nas.train(model="mbv2-tiny", ...)`` is `
 callable, so either meaning works whether or not the package has been imported).
 """
 
-import sys
-import types
+from nas._callable import callable_package
 
-
-class _TrainPackage(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        from nas.api import train
-
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _TrainPackage
+callable_package(__name__, "train")
