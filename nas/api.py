@@ -75,18 +75,6 @@ def load(run_dir: str | Path) -> Result:
     return Result(model=model, arch=Arch.load(target / "arch.json"), cost=cost, summary=summary, run_dir=root)
 
 
-def _values(cls: type, config: str | Path | None, section: str, other: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``config`` file's fields, then ``options``; every key checked (``nas.config.from_mapping``)."""
-    from nas.config import from_mapping, read_config_file
-
-    values: dict[str, Any] = {}
-    if config is not None:
-        mapping, where = read_config_file(config, section, other)
-        values = from_mapping(cls, mapping, where)
-    values.update(from_mapping(cls, options, section))
-    return values
-
-
 def search(budget: str | None = None, *, out: str | Path | None = None, config: str | Path | None = None,
            overwrite: bool = False, progress: bool = True, **options: Any) -> Result:
     """Run a whole search (``shiftaddaug search``) and return its exported TargetNet.
@@ -100,9 +88,11 @@ def search(budget: str | None = None, *, out: str | Path | None = None, config: 
     from nas.rundir import claim
     from nas.search.pipeline import SearchConfig, SearchRun
 
+    from nas.config import config_layers, merged
+
     if budget is not None:
         options["budget"] = budget
-    cfg = SearchConfig(**_values(SearchConfig, config, "search", "train", options))
+    cfg = SearchConfig(**merged(config_layers(SearchConfig, config, "search", "train", options)))
     cfg.resolved()  # bad options fail before the run directory is touched
     out = Path(out) if out is not None else new_run_dir(f"search-{cfg.op}-{cfg.budget.replace(' ', '')}")
     with claim(out, "nas.search", overwrite=overwrite, flag="out"):
@@ -122,12 +112,11 @@ def train(model: str | None = None, *, out: str | Path | None = None, config: st
     from nas.rundir import claim
     from nas.train.trainer import TrainConfig, Trainer
 
+    from nas.config import config_layers
+
     if model is not None:
         options["model"] = model
-    values = _values(TrainConfig, config, "train", "search", options)
-    if "arch" in options and "model" not in options:  # --model and --arch are one choice
-        values["model"] = None
-    cfg = TrainConfig(**values).validate()
+    cfg = TrainConfig.from_layers(config_layers(TrainConfig, config, "train", "search", options))
     name = cfg.model or (Path(cfg.arch).stem if cfg.arch else "subnet")
     out = Path(out) if out is not None else new_run_dir(f"train-{name}-{cfg.op}-{cfg.aug}")
     with claim(out, "nas.train", overwrite=overwrite, flag="out"):

@@ -209,3 +209,25 @@ def read_config_file(path: str | Path, section: str, other: str) -> tuple[dict, 
                 raise ConfigError(f"{p}.{k}", d[k], f"unknown key next to {section!r}; allowed: {section}, schema_version, kind, runtime")
         return d[section], f"{p}.{section}"
     return d, str(p)
+
+
+def config_layers(cls: type, config_file: str | Path | None, section: str, other: str, overrides: dict[str, Any],
+                  check_overrides: bool = True) -> list[dict[str, Any]]:
+    """The sources of a configuration, lowest priority first: the fields of ``config_file`` (YAML or
+    JSON, ``read_config_file``), then ``overrides`` (command-line flags or Python keyword
+    arguments; checked like a file's unless argparse parsed them already). The one way the
+    commands and the Python API read ``--config`` / ``config=``."""
+    layers = []
+    if config_file is not None:
+        mapping, where = read_config_file(config_file, section, other)
+        layers.append(from_mapping(cls, mapping, where))
+    layers.append(from_mapping(cls, overrides, section) if check_overrides else dict(overrides))
+    return layers
+
+
+def merged(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The layers of ``config_layers`` as one mapping, later layers winning."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        out.update(layer)
+    return out

@@ -158,14 +158,10 @@ def config_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 def config_values(args: argparse.Namespace, cls: type, section: str, other: str) -> dict[str, Any]:
     """The configuration fields of a command: ``--config FILE``'s, then the flags given."""
-    from nas.config import from_mapping, read_config_file
+    from nas.config import config_layers, merged
 
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        mapping, where = read_config_file(args.config, section, other)
-        values = from_mapping(cls, mapping, where)
-    values.update(config_overrides(args, cls))
-    return values
+    return merged(config_layers(cls, getattr(args, "config", None), section, other, config_overrides(args, cls),
+                                check_overrides=False))
 
 
 def ignored_on_resume(p: argparse.ArgumentParser, args: argparse.Namespace, cls: type, honoured=("resume", "quiet")) -> None:

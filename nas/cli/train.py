@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from nas.cli.common import (
     EXAMPLES,
@@ -60,27 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_config(args: argparse.Namespace):
-    """The run's ``TrainConfig``: defaults, then ``--config FILE``, then the flags given. ``--model``
-    and ``--arch`` are one choice: the last source that names either sets both."""
-    from nas.config import from_mapping, read_config_file
+    """The run's ``TrainConfig``: defaults, then ``--config FILE``, then the flags given
+    (``TrainConfig.from_layers``)."""
+    from nas.config import config_layers
     from nas.train.trainer import TrainConfig
 
-    sources = []
-    if args.config:
-        mapping, where = read_config_file(args.config, "train", "search")
-        sources.append(from_mapping(TrainConfig, mapping, where))
-    sources.append(config_overrides(args, TrainConfig))
-    values: dict[str, Any] = {}
-    network = None
-    for src in sources:
-        values.update(src)
-        if "model" in src or "arch" in src:
-            network = {"model": src.get("model"), "arch": src.get("arch")}
-    if network is None:
-        if values.get("subnet") is None:
-            raise ConfigError("--model", None, "give --model NAME, --arch FILE, --config FILE or --resume DIR")
-        network = {"model": None, "arch": None}  # the network is the search's SubNet / TargetNet
-    return TrainConfig(**{**values, **network}).validate()
+    return TrainConfig.from_layers(config_layers(TrainConfig, args.config, "train", "search", config_overrides(args, TrainConfig),
+                                                 check_overrides=False))
 
 
 @_friendly

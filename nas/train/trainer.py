@@ -201,6 +201,25 @@ class TrainConfig(MethodConfig):
     inherit: str | None = knob(None, metavar="FILE", group="the network",
                                help="a supernet checkpoint (supernet.pt) whose weights the run starts from")
 
+    @classmethod
+    def from_layers(cls, layers: list[dict[str, Any]]) -> "TrainConfig":
+        """Defaults, then each mapping of ``layers`` in turn (``nas.config.config_layers``: a config
+        file, then flags or keyword arguments), validated. ``model`` and ``arch`` are one choice:
+        the last layer that names either sets both (``--arch`` on the command line replaces a
+        file's ``model``)."""
+        values: dict[str, Any] = {}
+        network = None
+        for layer in layers:
+            values.update(layer)
+            if "model" in layer or "arch" in layer:
+                network = {"model": layer.get("model"), "arch": layer.get("arch")}
+        if network is None:
+            if values.get("subnet") is None:
+                raise ConfigError("--model", None, "give --model NAME, --arch FILE, --config FILE or --resume DIR "
+                                  "(Python: model= or arch=)")
+            network = {"model": None, "arch": None}  # the network is the search's SubNet / TargetNet
+        return cls(**{**values, **network}).validate()
+
     def validate(self) -> "TrainConfig":
         def check(name, ok, allowed):
             if not ok:
