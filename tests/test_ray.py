@@ -37,7 +37,7 @@ SMALL = dict(supernet_epochs=1, population=4, generations=2, trials=6, final_epo
 def test_ray_is_imported_lazily_and_only_by_the_executor():
     code = ("import sys\n"
             "import nas, nas.cli, nas.search.pipeline, nas.search.executor, nas.search.ray_executor, nas.supernet.train, "
-            "nas.train.trainer, nas.train.loop, nas.train.distributed\n"
+            "nas.train.trainer, nas.train.loop, nas.train.distributed, nas.train.ray_train\n"
             "from nas.search.ray_executor import RayOptions\n"
             "RayOptions.from_env({'SHIFTADDAUG_RAY_MAX_CONCURRENT': '1'})\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")

@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = SearchConfig(**config_values(args, SearchConfig, "search", "train"))
         cfg.resolved()  # bad options fail before the run directory is touched
         if cfg.ray_address:
-            from nas.search.ray_executor import check_ray
+            from nas.train.ray_train import check_ray
 
             check_ray(cfg.ray_address)
         out = Path(args.out or default_run_dir(f"search-{cfg.op}-{cfg.budget.replace(' ', '')}"))

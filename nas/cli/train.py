@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nas.train.trainer import TrainConfig, Trainer, resume_trainer
 
     if args.ray_address:
-        from nas.search.ray_executor import check_ray
+        from nas.train.ray_train import check_ray
 
         check_ray(args.ray_address)  # before anything runs: a one-line error without ray
         if launched_by_torchrun():
@@ -96,37 +96,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = train_config(args)
         name = f"train-{cfg.model or (Path(cfg.arch).stem if cfg.arch else 'subnet')}-{cfg.op}-{cfg.aug}"
         out = Path(args.out or default_run_dir(name))
-    executor = None
+    ray = None
     if args.ray_address:  # Ray Train: rank 0 writes the run directory, Ray's records go to <run>/ray
-        from nas.search.ray_executor import RayExecutor
+        from nas.train.ray_train import RayTrain
 
-        executor = RayExecutor(args.ray_address, out / "ray", progress=not args.quiet)
+        ray = RayTrain(args.ray_address, out / "ray")
     dist = None
-    if executor is None:
+    if ray is None:
         # torchrun: join the process group (one process: nothing); the device of this rank
         spec = device_flag or (_run_device(args.resume) if args.resume else cfg.device) or "auto"
         dist, device = init_from_env(resolve_device(spec))
         out = Path(dist.broadcast_object(str(out)))  # rank 0's (time-stamped) run directory for every rank
     quiet = args.quiet or (dist is not None and not dist.is_writer)
-    from nas.search.executor import TargetJob
-
     try:
         with claim(out, "shiftaddaug-train", resume=bool(args.resume), overwrite=args.overwrite):
             if args.resume:
                 read_run_config(out, "train")  # a damaged, foreign or search directory: one line
                 if is_writer():
                     heal_train_dir(out)
-            if args.resume and executor is not None:
+            if args.resume and ray is not None:
                 print(f"resuming {args.resume} on Ray ({args.ray_address})")
-                s = executor.train_target(TargetJob(None, out, device=device_flag))
+                s = ray.target(None, out)["summary"]
             elif args.resume:
                 # a --device given here moves the run there (and is recorded); torchrun's per-rank GPU is not recorded
                 trainer = resume_trainer(args.resume, progress=not quiet, device=device if dist.active else device_flag, dist=dist)
                 if dist.is_writer:
                     print(f"resuming {args.resume} at epoch {trainer.epoch}/{trainer.cfg.epochs} on {trainer.device}")
                 s = trainer.fit()
-            elif executor is not None:
-                s = executor.train_target(TargetJob(cfg, out))
+            elif ray is not None:
+                s = ray.target(cfg, out)["summary"]
             else:
                 s = Trainer(cfg, out, progress=not quiet, device=device, dist=dist).fit()
     finally:
