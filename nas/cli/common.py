@@ -7,7 +7,6 @@ import argparse
 import functools
 import logging
 import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nas.errors import ConfigError, InfeasibleBudgetError, TrainingDivergedError
@@ -165,8 +164,12 @@ def config_values(args: argparse.Namespace, cls: type, section: str, other: str)
 
 
 def ignored_on_resume(p: argparse.ArgumentParser, args: argparse.Namespace, cls: type, honoured=("resume", "quiet")) -> None:
-    """--resume continues a run with its recorded configuration: name the options it ignores."""
+    """--resume continues a run with its recorded configuration: refuse --overwrite, name the
+    options it ignores (all but ``honoured``)."""
     import dataclasses
+
+    if args.overwrite:
+        raise ConfigError("--overwrite", True, "not with --resume (it continues the run)")
 
     fields = {f.name for f in dataclasses.fields(cls)}
     ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()

@@ -83,8 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nas.rundir import claim
 
     if args.resume:
-        if args.overwrite:
-            raise ConfigError("--overwrite", True, "not with --resume (it continues the run)")
         ignored_on_resume(p, args, SearchConfig, honoured=("resume", "quiet", "verbose", "json", "device"))
         out = Path(args.resume)
     else:

@@ -88,8 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device_flag = getattr(args, "device", None)
     if args.resume:
-        if args.overwrite:
-            raise ConfigError("--overwrite", True, "not with --resume (it continues the run)")
         ignored_on_resume(p, args, TrainConfig, honoured=("resume", "quiet", "verbose", "ray_address", "device"))
         out = Path(args.resume)
     else:
