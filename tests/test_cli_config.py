@@ -136,6 +136,9 @@ def test_resume_names_the_config_flags_it_ignores(tmp_path, capsys):
     assert search_main(["--resume", str(tmp_path / "none"), "--stop-width", "0.2", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "ignored: --stop-width" in err
+    for cmd in (search_main, train_main):
+        assert cmd(["--resume", str(tmp_path / "none"), "--overwrite"]) == 2
+        assert capsys.readouterr().err == "error: --overwrite: got True; not with --resume (it continues the run)\n"
 
 
 # ---------------------------------------------------------------------------------- a run's config.json reproduces it
