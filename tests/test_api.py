@@ -13,6 +13,9 @@ from nas.errors import ConfigError, InfeasibleBudgetError
 
 TRAIN = dict(op="shift", epochs=1, max_train_images=96, batch_size=32, width_mults=[1, 1.5], expand_mults=(1, 1.5),
              bn_images=64)
+# target/cost.json: one schema whoever writes it (a training run, a search, shiftaddaug export)
+COST_KEYS = {"schema_version", "arch_id", "op", "counts", "energy_mJ", "latency_ms", "hardware", "bits", "priced_with",
+             "layers", "budget"}
 TINY_SEARCH = dict(supernet_epochs=1, population=2, generations=1, trials=2, final_epochs=1, max_train_images=128,
                    eval_images=64, bn_images=64, batch_size=64)
 
@@ -35,6 +38,7 @@ def test_train_returns_the_exported_model_and_load_reads_it_back(tmp_path, caplo
     summary = json.loads((out / "summary.json").read_text())
     cost = json.loads((out / "target" / "cost.json").read_text())
     assert r.run_dir == out and r.summary == summary and r.cost == cost and cost["energy_mJ"] > 0
+    assert set(cost) == COST_KEYS and (cost["schema_version"], cost["priced_with"], cost["budget"]) == (2, "energy model", None)
     assert r.accuracy == summary["test_acc"] and r.arch.op_kind == "shift"
     assert not r.model.training and r.paths["weights"] == out / "target" / "weights.pt" and r.paths["weights"].is_file()
     assert json.loads((out / "config.json").read_text())["train"]["width_mults"] == [1.0, 1.5]
@@ -69,6 +73,7 @@ def test_search_returns_the_exported_target_and_its_config_file_is_accepted(tmp_
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())["search"]
     assert (cfg["trials"], cfg["branch_norm"]) == (2, False)
     assert r.summary["meets_budget"] and r.cost["energy_mJ"] <= 0.02 and r.arch.op_kind == "shift"
+    assert set(r.cost) == COST_KEYS and (r.cost["schema_version"], r.cost["priced_with"]) == (2, "lookup table")
     assert r.paths["report"].is_file() and r.paths["pareto"].is_file()
     assert _same_outputs(r.model, nas.load(r.run_dir).model, r.arch.resolution)
     # nas.search is also the package of the search code: both meanings work
