@@ -402,6 +402,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         "summary.json and target/ (arch.json, weights.pt, cost.json, meta.json).",
         epilog="examples:\n"
         "  shiftaddaug-train --model mbv2-tiny --op shift --aug shiftaddaug --epochs 10\n"
+        "  shiftaddaug-train --task segmentation --dataset mnistseg --model mbv2-tiny --op add --epochs 5   # LR-ASPP head, mIoU\n"
         "  shiftaddaug-train --model mcunet --op add --aug none --dataset cifar10 --data-root ~/data/cifar-10-batches-py\n"
         "  shiftaddaug-train --model mbv2-w0.35 --op add --dataset cifar100 --data-root ~/data --resolution 160 \\\n"
         "      --device cuda --precision bf16 --workers 4\n"
@@ -424,7 +425,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset,
                    help="; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
     p.add_argument("--data-root", metavar="PATH", help="dataset location (CIFAR python folder or image folder)")
-    p.add_argument("--resolution", type=int, metavar="R", help="input resolution (default 32)")
+    p.add_argument("--task", choices=("classification", "segmentation"), default=d.task,
+                   help="segmentation: per-pixel classes from a segmentation dataset (mnistseg, voc, segfolder); a zoo model "
+                   "gets an LR-ASPP head (docs/segmentation.md); metric mIoU (default classification)")
+    p.add_argument("--resolution", type=int, metavar="R", help="input resolution (default 32; segmentation 64)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate, cosine schedule with warm-up (default {d.lr})")
@@ -474,7 +478,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             expand_mults=args.expand_mults, mutation=args.mutation, eta=args.eta or None, weight_bits=args.weight_bits,
             dataset=args.dataset, data_root=args.data_root, batch_size=args.batch_size, workers=args.workers,
             max_train_images=args.max_train_images, epochs=args.epochs, lr=args.lr, seed=args.seed,
-            device=args.device or "auto", precision=args.precision,
+            device=args.device or "auto", precision=args.precision, task=args.task,
         ).validate()
         name = f"train-{args.model or Path(args.arch).stem}-{args.op}-{args.aug}"
         out = Path(args.out or default_run_dir(name))
@@ -516,7 +520,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"run directory   {out}")
     print(f"TargetNet       {s['target']} ({s['op']}, trained with aug={s['aug']}, remap={s['remap']}, {s['epochs']} epochs)")
-    print(f"accuracy        val {s['val_acc']:.2f}%   test {s['test_acc']:.2f}%")
+    if s.get("task") == "segmentation":
+        print(f"mIoU            val {s['val_miou']:.2f}%   test {s['test_miou']:.2f}%   "
+              f"(pixel accuracy val {s['val_pixel_acc']:.2f}%, test {s['test_pixel_acc']:.2f}%)")
+    else:
+        print(f"accuracy        val {s['val_acc']:.2f}%   test {s['test_acc']:.2f}%")
     ex = s["export"]
     cost = f"{ex['macs'] / 1e6:.2f}M MACs" + (f", {ex['energy_mJ']:.4f} mJ" if "energy_mJ" in ex else "")
     print(f"exported        {ex['dir']}  ({cost}; max |logit diff| vs trained model {ex['max_abs_logit_diff']:.1e})")
