@@ -422,8 +422,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                    help="none: direct training; netaug: augmented part with the target's operator; "
                    f"shiftaddaug: multiplicative augmented part + block mutation (default {d.aug})")
     p.add_argument("--remap", choices=REMAP_KINDS, default=d.remap, help=f"weight remapping into the MF domain (default {d.remap})")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset,
-                   help="; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
+    p.add_argument("--dataset", choices=sorted(DATASETS),
+                   help=f"default {d.dataset} (segmentation: mnistseg); " + "; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
     p.add_argument("--data-root", metavar="PATH", help="dataset location (CIFAR python folder or image folder)")
     p.add_argument("--task", choices=("classification", "segmentation"), default=d.task,
                    help="segmentation: per-pixel classes from a segmentation dataset (mnistseg, voc, segfolder); a zoo model "
@@ -476,7 +476,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             model=args.model, arch=args.arch, op=args.op, resolution=args.resolution, aug=args.aug, remap=args.remap,
             hybrid=args.hybrid, branch_norm=args.branch_norm, aug_depth=args.aug_depth, width_mults=args.width_mults,
             expand_mults=args.expand_mults, mutation=args.mutation, eta=args.eta or None, weight_bits=args.weight_bits,
-            dataset=args.dataset, data_root=args.data_root, batch_size=args.batch_size, workers=args.workers,
+            dataset=args.dataset or ("mnistseg" if args.task == "segmentation" else d.dataset), data_root=args.data_root,
+            batch_size=args.batch_size, workers=args.workers,
             max_train_images=args.max_train_images, epochs=args.epochs, lr=args.lr, seed=args.seed,
             device=args.device or "auto", precision=args.precision, task=args.task,
         ).validate()
@@ -567,6 +568,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         epilog="examples:\n"
         "  shiftaddaug-search                               # the default job: quick preset, bundled data\n"
         "  shiftaddaug-search --budget 0.015mJ --op add\n"
+        "  shiftaddaug-search --task segmentation --budget 0.05mJ --op add   # space seg64, mnistseg, mIoU objective\n"
         "  shiftaddaug-search --budget 20mJ --preset paper --dataset cifar100 --data-root ~/data/cifar-100-python\n"
         "  shiftaddaug-search --budget 20mJ --preset imagenet --op add --dry-run   # where the budget lies, no data read\n"
         "  shiftaddaug-search --budget 20mJ --preset imagenet --data-root ~/data/imagenet   # train/ and val/ class folders\n"
@@ -585,6 +587,9 @@ def search_main(argv: Sequence[str] | None = None) -> int:
                    help="default: the preset's (cifar100 for paper, folder for imagenet), else mnist5k; "
                    + "; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
     p.add_argument("--data-root", metavar="PATH", help="dataset location (CIFAR python folder or image folder)")
+    p.add_argument("--task", choices=("classification", "segmentation"), default=d.task,
+                   help="segmentation: a segmentation space (quick preset: seg64, 64 px) and dataset (default mnistseg), "
+                   "mIoU as the objective of both stages (docs/segmentation.md; default classification)")
     add_device_args(p)
     p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (default 0)")
     p.add_argument("--hardware", metavar="NAME|FILE", help="hardware model of the energy / latency price list (default eyeriss-45nm)")
@@ -618,7 +623,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
             cfg = SearchRun.resume(args.resume, progress=False).cfg
         else:
             cfg = SearchConfig(budget=args.budget, op=args.op, preset=args.preset, space=args.space, dataset=args.dataset,
-                               data_root=args.data_root, hardware=args.hardware, bits=args.bits)
+                               data_root=args.data_root, hardware=args.hardware, bits=args.bits, task=args.task)
         info = budget_preview(cfg)
         print(json.dumps(info, sort_keys=True) if args.json else preview_text(info))
         return 0
@@ -634,7 +639,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         cfg = SearchConfig(budget=args.budget, op=args.op, preset=args.preset, space=args.space, dataset=args.dataset,
                            data_root=args.data_root, hardware=args.hardware, bits=args.bits, seed=args.seed,
                            ray_address=args.ray_address, device=args.device or "auto", precision=args.precision,
-                           workers=args.workers,
+                           workers=args.workers, task=args.task,
                            **{k: getattr(args, k) for k in ("supernet_epochs", "population", "generations", "trials", "final_epochs",
                                                              "batch_size", "max_train_images", "eval_images", "bn_images")})
         cfg.resolved()  # bad options fail before the run directory is touched
@@ -664,14 +669,16 @@ def search_main(argv: Sequence[str] | None = None) -> int:
 def _search_table(run, s: dict) -> str:
     from nas.search.pipeline import binds_in_text
 
+    obj = s.get("objective", "accuracy")
+    label = "mIoU" if obj == "miou" else obj
     rows = [
         ("run directory", str(run.out)),
         ("budget", f"{s['budget']}" + ("" if s["budget_binding"] else f"  (does not bind: the largest network costs {s['space_cost_range'][1]:.4g}; "
                                                                       f"{binds_in_text({'binds_in': s['binds_in'], 'op': s['op'], 'unit': run.budget.unit})})")),
         ("TargetNet cost", f"{s['energy_mJ']:.4g} mJ, {s['latency_ms']:.4g} ms  ({'meets' if s['meets_budget'] else 'MISSES'} the budget)"),
         ("TargetNet size", f"{s['macs'] / 1e6:.3f} M MACs, {s['params'] / 1e6:.4f} M params, operator {s['op']}"),
-        ("accuracy", f"test {s['accuracy']['test']:.2f}%  val {s['accuracy']['val']:.2f}%  (supernet estimate {s['accuracy']['supernet_estimate']:.2f}%)"),
-        ("SubNet", f"x{s['subnet']['multiple']} budget, {s['subnet']['cost']:.4g}, supernet accuracy {s['subnet']['supernet_accuracy']:.2f}%"),
+        (label, f"test {s[obj]['test']:.2f}%  val {s[obj]['val']:.2f}%  (supernet estimate {s[obj]['supernet_estimate']:.2f}%)"),
+        ("SubNet", f"x{s['subnet']['multiple']} budget, {s['subnet']['cost']:.4g}, supernet {label} {s['subnet'][f'supernet_{obj}']:.2f}%"),
         ("exported", s["paths"]["arch"].rsplit("/", 1)[0] + "/  (arch.json, weights.pt, cost.json)"),
         ("report", f"{s['paths']['report']}, {s['paths']['pareto']}"),
         ("wall time", f"{s['time_s']:.0f} s"),
