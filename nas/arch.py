@@ -3,7 +3,8 @@
 An ``Arch`` describes one static MobileNet-family network: input resolution, a stem conv, stages of
 inverted-residual (MBConv) blocks, an optional pre-pool 1x1 ``feature_mix`` conv, an optional
 post-pool 1x1 ``post_pool`` conv (MobileNetV3) and a linear classifier. Every conv names its
-operator kind: ``mult``, ``shift`` or ``add``.
+operator kind: ``mult``, ``shift`` or ``add`` (any kind of the operator registry,
+``nas.ops.registry``).
 
 Three views of the same object:
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from nas.errors import ConfigError, check_keys
+from nas.ops.registry import get_kind, op_kinds
 
 # 2: blocks name the operator of their SE convs (``se_op``); version-1 files load with their old
 # meaning (SE convs computed with ``dw_op``).
@@ -35,7 +37,6 @@ from nas.errors import ConfigError, check_keys
 SCHEMA_VERSION = 3
 CLASSIFICATION_SCHEMA_VERSION = 2
 READS_SCHEMA_VERSIONS = (1, 2, 3)
-OP_KINDS = ("mult", "shift", "add")
 TASKS = ("classification", "segmentation")
 ACTS = ("relu", "relu6", "hswish", "none")
 KERNEL_SIZES = (1, 3, 5, 7)
@@ -75,11 +76,10 @@ def op_convention(op: str) -> dict[str, str]:
     ``se`` (the two SE convs, 1x1 convs on a 1x1 map), ``classifier``. Shift models shift every
     conv; Add models add in the stem and every 1x1 conv, SE included, and multiply in depthwise
     convs; the classifier always multiplies. This convention reproduces the paper's published
-    energies (README, "The paper's energy model").
+    energies (README, "The paper's energy model"). It is a property of the kind, declared with it
+    in the operator registry (``OpKind.roles``).
     """
-    if op not in OP_KINDS:
-        raise ConfigError("op", op, f"allowed: {', '.join(OP_KINDS)}")
-    return {"dense": op, "dw": "shift" if op == "shift" else "mult", "se": op, "classifier": "mult"}
+    return get_kind(op).convention
 
 
 def total_stride(arch: "Arch") -> int:
@@ -303,7 +303,7 @@ class Arch:
     @property
     def op_kind(self) -> str:
         """'mult', 'shift' or 'add' when the arch follows that convention exactly, else 'mixed'."""
-        for op in OP_KINDS:
+        for op in op_kinds():
             if self.with_ops(op) == self:
                 return op
         return "mixed"
@@ -505,7 +505,7 @@ def _conv_from_dict(d: Any, where: str, default_k: int, default_s: int) -> ConvS
         kernel_size=_choice(d, "kernel_size", where, KERNEL_SIZES, default_k),
         stride=_choice(d, "stride", where, STRIDES, default_s),
         act=_choice(d, "act", where, ACTS, "relu6", _ACT_ALIASES),
-        op=_choice(d, "op", where, OP_KINDS, "mult"),
+        op=_choice(d, "op", where, op_kinds(), "mult"),
     )
 
 
@@ -532,11 +532,12 @@ def _block_from_dict(d: Any, where: str, in_channels: int, schema_version: int =
         raise ConfigError(f"{where}.shortcut", shortcut, "expected true or false")
     if shortcut and not fits:
         raise ConfigError(f"{where}.shortcut", shortcut, f"an identity shortcut needs stride 1 and out_channels == in_channels ({in_channels})")
-    op = _choice(d, "op", where, OP_KINDS, "mult")
-    dw_op = _choice(d, "dw_op", where, OP_KINDS, "mult")
+    kinds = op_kinds()
+    op = _choice(d, "op", where, kinds, "mult")
+    dw_op = _choice(d, "dw_op", where, kinds, "mult")
     # Version 1 computed the SE convs with dw_op; a missing se_op follows the 1x1 convs (the
     # convention of every MF model, Arch.with_ops).
-    se_op = dw_op if schema_version == 1 else _choice(d, "se_op", where, OP_KINDS, op)
+    se_op = dw_op if schema_version == 1 else _choice(d, "se_op", where, kinds, op)
     return BlockSpec(
         kernel_size=ks,
         expand_ratio=float(e),
@@ -562,8 +563,8 @@ def _seg_head_from_dict(d: Any, where: str, n_stages: int) -> SegHeadSpec:
         skip_stage=_int(d, "skip_stage", where, lo=0, hi=n_stages - 1),
         channels=_int(d, "channels", where, default=128, hi=MAX_CHANNELS),
         act=_choice(d, "act", where, ACTS, "relu", _ACT_ALIASES),
-        op=_choice(d, "op", where, OP_KINDS, "mult"),
-        gate_op=_choice(d, "gate_op", where, OP_KINDS, "mult"),
+        op=_choice(d, "op", where, op_kinds(), "mult"),
+        gate_op=_choice(d, "gate_op", where, op_kinds(), "mult"),
     )
 
 
@@ -607,7 +608,7 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
     dropout = cls.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError(f"{where}.classifier.dropout", dropout, "expected a number in [0, 1)")
-    classifier = ClassifierSpec(op=_choice(cls, "op", f"{where}.classifier", OP_KINDS, "mult"), dropout=float(dropout))
+    classifier = ClassifierSpec(op=_choice(cls, "op", f"{where}.classifier", op_kinds(), "mult"), dropout=float(dropout))
     task = _choice(d, "task", where, TASKS, "classification")
     seg_head = None
     if task == "segmentation":

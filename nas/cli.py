@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nas.errors import ConfigError, InfeasibleBudgetError, TrainingDivergedError
+from nas.ops.registry import mf_kinds, op_kinds
 
 
 def _friendly(fn: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
@@ -63,7 +64,7 @@ def add_arch_args(p: argparse.ArgumentParser, op_default: str | None = None) -> 
     src.add_argument("--arch", metavar="FILE", help="an Arch JSON file, or an OFA / MCUNet net.config")
     p.add_argument(
         "--op",
-        choices=("mult", "shift", "add"),
+        choices=op_kinds(),
         default=op_default,
         help="operator convention: shift = every conv ShiftConv, classifier mult; add = stem and 1x1 convs "
         "AddConv, depthwise and classifier mult (default: mult for --model, the file's own ops for --arch)",
@@ -205,7 +206,7 @@ def lut_main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--kind", choices=("energy", "latency"), default="energy", help="energy model or measured latency (default energy)")
     b.add_argument("--hardware", metavar="NAME|FILE", default=DEFAULT_HARDWARE, help=f"energy tables: hardware file (default {DEFAULT_HARDWARE})")
     b.add_argument("--bits", type=int, choices=(32, 16, 8), default=32, help="energy tables: operand width (default 32)")
-    b.add_argument("--op", choices=("mult", "shift", "add", "all"), default="all", help="operator convention(s) to cover (default all)")
+    b.add_argument("--op", choices=(*op_kinds(), "all"), default="all", help="operator convention(s) to cover (default all)")
     b.add_argument("--out", metavar="FILE", help="table file (default: latency_tables/<space>-<hardware|device>-...csv)")
     b.add_argument("--threads", type=int, default=1, help="latency tables: torch threads (default 1)")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="latency tables: device (default cpu)")
@@ -239,7 +240,8 @@ def _lut_build(args: argparse.Namespace) -> int:
     import random
 
     from nas.arch import Arch
-    from nas.cost.lut import LookupTable, arch_list_layers, conventions_header, space_layers
+    from nas.cost.shapes import arch_list_layers, conventions_header
+    from nas.cost.tables import LookupTable
     from nas.paths import LATENCY_TABLES
     from nas.space import SearchSpace
 
@@ -250,16 +252,14 @@ def _lut_build(args: argparse.Namespace) -> int:
     for name in ("warmup", "calibrate"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name}", getattr(args, name), "expected a non-negative integer")
-    ops = ("mult", "shift", "add") if args.op == "all" else (args.op,)
+    ops = op_kinds() if args.op == "all" else (args.op,)
     if args.space:
         space = SearchSpace.load(args.space)
-        items = space_layers(space, ops)
         source_name = space.name
         extra = {"space": space.name, "ops": list(ops)}
         archs = None
     else:
         archs = [Arch.load(a) for a in args.arch]
-        items = arch_list_layers(archs, ops)
         source_name = archs[0].name if len(archs) == 1 else "archs"
         extra = {"archs": [a.name for a in archs], "ops": list(ops)}
         space = None
@@ -286,13 +286,12 @@ def _lut_build(args: argparse.Namespace) -> int:
     table.header.update(conventions_header(ops), command=_lut_command(args))
     before = len(table)
     progress = not args.no_progress
-    if table.kind == "latency" and space is not None:
+    if space is not None:  # energy rows priced one by one, latency rows timed inside archs of the space
         added = table.build_space(space, ops, progress=progress, flush_every=args.flush_every)
-    elif table.kind == "latency":
-        variants = [a.with_ops(op) for a in archs for op in ops]
-        added = table.build_from_archs(variants, progress=progress, flush_every=args.flush_every, total=len(table.missing(items)))
     else:
-        added = table.build(items, progress=progress, flush_every=args.flush_every)
+        variants = [a.with_ops(op) for a in archs for op in ops]
+        total = len(table.missing(arch_list_layers(variants)))
+        added = table.build_from_archs(variants, progress=progress, flush_every=args.flush_every, total=total)
     calibrated = ""
     if table.kind == "latency" and args.calibrate and "layer" not in table.header.get("overhead_ms", {}):
         rng = random.Random(0)
@@ -324,7 +323,7 @@ def _lut_command(args: argparse.Namespace) -> str:
 def _lut_show(args: argparse.Namespace) -> int:
     import yaml
 
-    from nas.cost.lut import LookupTable
+    from nas.cost.tables import LookupTable
 
     if args.rows < 0:
         raise ConfigError("--rows", args.rows, "expected a non-negative integer")
@@ -344,7 +343,7 @@ def _lut_show(args: argparse.Namespace) -> int:
 
 
 def _lut_price(args: argparse.Namespace) -> int:
-    from nas.cost.lut import LookupTable
+    from nas.cost.tables import LookupTable
 
     t = LookupTable.load(args.table)
     arch = resolve_arch(args)
@@ -357,14 +356,14 @@ def _lut_price(args: argparse.Namespace) -> int:
         d.update({"table": str(args.table), "arch_id": arch.arch_id, "computed": res.computed})
         print(json.dumps(d, sort_keys=True))
         return 0
-    unit_cols = ("energy_mJ", "latency_ms") if t.kind == "energy" else ("latency_ms",)
+    unit_cols = t.price_columns
     print(f"{arch.name} ({arch.op_kind}) from {args.table} ({t.kind} table, {len(t)} rows)")
     for L, r in res.rows:
         if r is None:
             continue
         vals = "  ".join(f"{c} {r[c]:.6g}" for c in unit_cols)
         print(f"  {L.name:<16} {L.kind:<9} {L.op:<5} {vals}")
-    if t.kind == "latency":
+    if res.overhead_ms is not None:
         print(f"  {'(overhead)':<16} {'':<9} {'':<5} latency_ms {res.overhead_ms:.6g}")
     tot = "  ".join(f"{c} {res.total(c):.6g}" for c in unit_cols)
     print(f"total: {tot}" + (f"  ({len(res.computed)} layers computed and added)" if res.computed else ""))
@@ -417,7 +416,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     src.add_argument("--model", metavar="NAME", help=f"a zoo model: {', '.join(list_zoo())}")
     src.add_argument("--arch", metavar="FILE", help="an Arch JSON file or OFA / MCUNet net.config")
     src.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its directory")
-    p.add_argument("--op", choices=("shift", "add", "mult"), default=d.op, help=f"operator of the TargetNet (default {d.op})")
+    p.add_argument("--op", choices=op_kinds(), default=d.op, help=f"operator of the TargetNet (default {d.op})")
     p.add_argument("--aug", choices=AUG_KINDS, default=d.aug,
                    help="none: direct training; netaug: augmented part with the target's operator; "
                    f"shiftaddaug: multiplicative augmented part + block mutation (default {d.aug})")
@@ -577,7 +576,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--budget", default=d.budget, help=f"energy (mJ, uJ, J) or latency (ms, us, s) budget of the TargetNet, e.g. 20mJ, 300uJ, 5ms (default {d.budget})")
-    p.add_argument("--op", choices=("shift", "add"), default=d.op, help=f"multiplication-free operator of the TargetNet (default {d.op})")
+    p.add_argument("--op", choices=mf_kinds(), default=d.op, help=f"multiplication-free operator of the TargetNet (default {d.op})")
     p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset,
                    help="quick: minutes on a laptop CPU with the bundled data; paper: the paper's recipe on one GPU "
                    "(CIFAR-100 at 160 px, 250 epochs of final training; docs/paper-recipe.md); "

@@ -43,8 +43,14 @@ RUN_FILES = {"config.json", "state.json", "checkpoint.pt", "supernet.pt", "summa
 _HELD: dict[str, "RunLock"] = {}  # resolved dir -> lock held by this process
 
 
+# Where a run executes, not what it computes: a run may resume on another device, on a cluster, or
+# with a different number of loader workers, so these keys do not enter the configuration's hash.
+RUNTIME_KEYS = frozenset({"device", "ray_address", "workers"})
+
+
 def config_hash(cfg: dict) -> str:
-    """A short stable hash of a configuration dict (canonical JSON)."""
+    """A short stable hash of a configuration dict (canonical JSON), ``RUNTIME_KEYS`` left out."""
+    cfg = {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
     text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

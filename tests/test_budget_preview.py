@@ -8,7 +8,8 @@ import pytest
 from nas.cli import search_main
 from nas.cost.budget import parse_budget
 from nas.cost.energy import price_arch
-from nas.cost.lut import LookupTable, shipped_energy_table, space_layers
+from nas.cost.shapes import space_layers
+from nas.cost.tables import LookupTable, shipped_energy_table
 from nas.errors import ConfigError, InfeasibleBudgetError
 from nas.paths import LATENCY_TABLES, RUNS, SEARCH_SPACES
 from nas.search.pipeline import PRESETS, SearchConfig, SearchRun, budget_preview, where_budget_binds

@@ -21,10 +21,10 @@ from nas.codegen.emit_c import count_static_mults, csd_digits, generate_c
 from nas.codegen.intnet import ConvNode, Fmt, build_intnet, fmt_for, run_float
 from nas.codegen.memory import plan_memory
 from nas.codegen.reference import run_int
+from nas.cost.layers import arch_layers
 from nas.data.transforms import BatchTransform
 from nas.errors import ConfigError
 from nas.models import build_model
-from nas.models.static import layer_module_path
 from nas.ops.adder import AdderConv2d
 from nas.ops.shift import ShiftConv2d
 
@@ -100,8 +100,9 @@ def test_layers_read_their_operator_from_the_module(lowered):
     name, arch, model, net = lowered
     convs = {n.name: n.op for n in net.nodes if isinstance(n, ConvNode)}
     mods = dict(model.named_modules())
+    paths = {L.name: L.path for L in arch_layers(arch)}
     for lname, op in convs.items():
-        m = mods[layer_module_path(lname)]
+        m = mods[paths[lname]]
         expect = "shift" if isinstance(m, ShiftConv2d) else "add" if isinstance(m, AdderConv2d) else "mult"
         assert op == expect or (lname == "classifier" and op == "mult")
     if name == "add-se-add":

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from nas.arch import Arch
-from nas.cost.counting import Layer, arch_layers, count_module_ops, count_ops, layer_cost
+from nas.cost.counting import count_module_ops, count_ops, layer_cost
+from nas.cost.layers import PARTS, Layer, arch_layers
 from nas.models import build_model, zoo_arch
-from nas.models.static import layer_module_path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "net-configs"  # real MCUNet / OFA files
 
@@ -43,9 +43,9 @@ def test_depthwise_pointwise_linear_se_pool_residual():
     assert pw.macs == 16 * 24 * 16 and pw.adds == (2 * 16 - 1) * 24 * 16 and pw.params == 16 * 24 + 48
     fc = layer_cost(Layer("fc", "linear", "mult", 448, 10, bias=True))
     assert (fc.macs, fc.mults, fc.adds, fc.params) == (4480, 4480, 4480, 4490)
-    pool = layer_cost(Layer("se.pool", "se", "mult", 16, 16, 1, 1, 1, 4, 1))
+    pool = layer_cost(Layer("se.pool", "se", "mult", 16, 16, 1, 1, 1, 4, 1, part="se_pool"))
     assert (pool.adds, pool.mults, pool.macs) == (16 * 15, 16, 0)
-    gate = layer_cost(Layer("se.gate", "se", "mult", 16, 16, 1, 1, 1, 4, 4))
+    gate = layer_cost(Layer("se.gate", "se", "mult", 16, 16, 1, 1, 1, 4, 4, part="se_gate"))
     assert (gate.mults, gate.adds) == (256, 0)
     res = layer_cost(Layer("b.residual", "residual", "mult", 16, 16, 1, 1, 1, 4, 4))
     assert (res.adds, res.mults) == (256, 0)
@@ -105,22 +105,29 @@ def test_counts_equal_built_model(name, op):
     report = count_ops(arch)
     assert report.totals["params"] == sum(p.numel() for p in model.parameters())
     hooked = count_module_ops(model, (1, 3, 64, 64))
-    convs = [r for r in report.rows if r.layer.is_conv or r.layer.kind == "linear"]
+    convs = [r for r in report.rows if r.layer.has_weights]
     assert len(hooked) == len(convs)
     for h, r in zip(hooked, convs):
-        assert h["name"] == layer_module_path(r.layer.name)
+        assert h["name"] == r.layer.path
         assert (h["macs"], h["mults"], h["adds"], h["shifts"]) == (r.macs, r.mults, r.adds, r.shifts), r.layer.name
 
 
-def test_layer_names_match_module_paths():
+def test_layer_records_match_module_paths():
     arch = zoo_arch("mbv3-w0.35", "mult", 64, 10)
     model = build_model(arch)
     modules = dict(model.named_modules())
-    for L in arch_layers(arch):
-        if L.is_conv or L.kind == "linear":
-            assert layer_module_path(L.name) in modules, L.name
-    assert layer_module_path("s2.b1.se.reduce") == "stages.2.1.se.reduce"
-    assert layer_module_path("s0.b0.expand") == "stages.0.0.expand.conv"
+    layers = arch_layers(arch)
+    assert {L.part for L in layers} == set(PARTS)  # MobileNetV3 has every part
+    for L in layers:
+        assert L.path in modules, L.name  # the module computing it ('' is the network itself)
+        assert L.kind == PARTS[L.part].kind
+        assert (L.stage is None) == (L.block is None) == (not PARTS[L.part].in_block)
+    by = {L.name: L for L in layers}
+    se = by["s2.b1.se.reduce"]
+    assert (se.path, se.part, se.stage, se.block, se.act, se.table_part) == ("stages.2.1.se.reduce", "se_reduce", 2, 1, "none", "reduce")
+    assert by["s0.b0.dw"].path == "stages.0.0.dw.conv" and by["s1.b0.expand"].path == "stages.1.0.expand.conv"
+    assert by["s1.b0.expand"].act == arch.stages[1].blocks[0].act and by["s1.b0.project"].act == "none"
+    assert by["stem"].act == arch.stem.act and by["post_pool"].act == arch.post_pool.act
 
 
 def test_op_totals_by_kind():

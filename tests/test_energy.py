@@ -6,16 +6,10 @@ import json
 import pytest
 
 from nas.cli import cost_main
-from nas.cost.counting import Layer, arch_layers, layer_cost
-from nas.cost.energy import (
-    Hardware,
-    _skip_remove,
-    is_charged,
-    layer_energy,
-    load_hardware,
-    ordered_factorizations,
-    price_arch,
-)
+from nas.cost.counting import layer_cost
+from nas.cost.energy import _skip_remove, is_charged, layer_energy, ordered_factorizations, price_arch
+from nas.cost.hardware import Hardware, load_hardware
+from nas.cost.layers import Layer, arch_layers
 from nas.errors import ConfigError
 from nas.models.zoo import list_zoo, zoo_arch
 
@@ -128,8 +122,8 @@ def test_breakdown_sums_and_compute_counts_macs():
 
 def test_uncharged_layers_cost_nothing():
     a = zoo_arch("mbv3-w0.35", "mult", 160, 100)
-    kinds = {L.kind + ("." + L.name.rsplit(".", 1)[-1] if L.kind == "se" else "") for L in arch_layers(a) if not is_charged(L)}
-    assert kinds == {"pool", "residual", "se.pool", "se.gate"}
+    parts = {L.part for L in arch_layers(a) if not is_charged(L)}
+    assert parts == {"pool", "residual", "se_pool", "se_gate"}
     for L in arch_layers(a):
         if not is_charged(L):
             assert layer_energy(L).energy_mJ == 0

@@ -6,13 +6,10 @@ import random
 import pytest
 import torch
 
-from nas.cost.counting import Layer, arch_layers
 from nas.cost.latency import (
     Timing,
-    arch_acts,
     check_device,
     device_name,
-    layer_act,
     layer_callable,
     measure_arch,
     measure_archs,
@@ -22,7 +19,10 @@ from nas.cost.latency import (
     time_calls,
     torch_threads,
 )
-from nas.cost.lut import LookupTable, arch_list_layers, shape_key, space_cover_archs, space_layers
+from nas.cost.layers import Layer, arch_layers
+from nas.cost.shapes import arch_list_layers, space_cover_archs, space_layers
+from nas.cost.tablefile import RowKey
+from nas.cost.tables import EnergyTable, LatencyTable, LookupTable
 from nas.errors import ConfigError
 from nas.models.static import build_model
 from nas.models.zoo import zoo_arch
@@ -45,11 +45,11 @@ def test_every_layer_kind_runs_as_real_code(op):
     seen = set()
     with torch.no_grad():
         for L in layers:
-            k = (L.kind, L.name.rsplit(".", 1)[-1], L.op)
+            k = (L.kind, L.part, L.op)
             if k in seen:
                 continue
             seen.add(k)
-            out = layer_callable(L, layer_act(a, L))()
+            out = layer_callable(L)()
             assert isinstance(out, torch.Tensor) and out.numel() > 0
 
 
@@ -63,31 +63,39 @@ def test_callable_output_shapes_match_the_network():
             shapes[name] = tuple(out.shape)
         return f
 
-    from nas.models.static import layer_module_path
-
     mods = dict(m.named_modules())
     for L in arch_layers(a):
         if L.kind in ("dense", "pointwise", "depthwise"):
-            mods[layer_module_path(L.name).rsplit(".conv", 1)[0]].register_forward_hook(hook(L.name))
+            mods[L.path].register_forward_hook(hook(L.name))  # the conv; its ConvBNAct adds BN and act
     with torch.no_grad():
         m(torch.zeros(1, 3, 32, 32))
         for L in arch_layers(a):
             if L.name in shapes:
-                assert tuple(layer_callable(L, layer_act(a, L))().shape) == shapes[L.name]
+                assert tuple(layer_callable(L)().shape) == shapes[L.name]
 
 
 def test_layer_acts():
+    from nas.models.static import ConvBNAct
+
     a = zoo_arch("mbv3-w0.35", "mult", 32, 10)
-    acts = dict(zip((L.name for L in arch_layers(a)), arch_acts(a)))
+    layers = arch_layers(a)
+    acts = {L.name: L.act for L in layers}
     assert acts["stem"] == "hswish" and acts["classifier"] == "none" and acts["post_pool"] == "hswish"
     assert acts["s0.b0.dw"] == a.stages[0].blocks[0].act and acts["s0.b0.project"] == "none"
-    assert layer_act(a, Layer("s3.b1.se.reduce", "se", "mult", 8, 8)) == "none"
+    se = [L for L in layers if L.kind == "se"]
+    assert se and all(L.act == "none" for L in se)  # the SE convs' activations belong to their SE pieces
+    by_path = {L.path: L for L in layers}
+    names = {"relu": "ReLU", "relu6": "ReLU6", "hswish": "Hardswish", "none": "Identity"}
+    cbas = [(n, m) for n, m in build_model(a).named_modules() if isinstance(m, ConvBNAct)]
+    assert len(cbas) == sum(L.kind in ("dense", "pointwise", "depthwise") for L in layers)
+    for name, cba in cbas:  # the activation each conv-BN-activation module applies is its record's
+        assert type(cba.act).__name__ == names[by_path[f"{name}.conv"].act], name
 
 
 def test_measure_layer_arch_and_threads_restored():
     before = torch.get_num_threads()
     L = Layer("pw", "pointwise", "mult", 8, 16, 1, 1, 1, 8, 8, bn=True)
-    ok(measure_layer(L, "relu6", threads=1, **FAST))
+    ok(measure_layer(L, threads=1, **FAST))
     ok(measure_arch(zoo_arch("mbv2-tiny", "mult", 32, 10), threads=1, **FAST))
     assert torch.get_num_threads() == before
     with torch_threads(1) as n:
@@ -100,8 +108,7 @@ def test_measure_layer_arch_and_threads_restored():
 
 def test_round_robin_group_and_archs():
     a = zoo_arch("mbv2-tiny", "shift", 32, 10)
-    items = [(L, layer_act(a, L)) for L in arch_layers(a)[:6]]
-    res = measure_layers(items, **FAST)
+    res = measure_layers(arch_layers(a)[:6], **FAST)
     assert len(res) == 6
     for t in res:
         ok(t)
@@ -123,7 +130,7 @@ def test_bigger_layer_not_faster_by_much():
     # robust sanity check only: a 64x larger conv is not faster than a tiny one (generous margin)
     small = Layer("pw", "pointwise", "mult", 8, 8, 1, 1, 1, 4, 4, bn=True)
     big = Layer("pw", "pointwise", "mult", 128, 256, 1, 1, 1, 32, 32, bn=True)
-    ts = measure_layers([(small, "none"), (big, "none")], warmup=2, repeats=15)
+    ts = measure_layers([small, big], warmup=2, repeats=15)
     assert ts[1].median_ms > 0.5 * ts[0].median_ms
 
 
@@ -157,8 +164,8 @@ def test_latency_table_build_round_trip_price_calibrate(tmp_path):
     archs = [space.sample(rng, f"a{i}") for i in range(2)]
     path = tmp_path / "lat.csv"
     t = LookupTable.for_latency("cpu", 1, 1, 3, path=path, overhead_ms=NO_OVERHEAD, space="tiny")
-    items = arch_list_layers(archs, ("mult",))
-    assert t.build(items, progress=False) == len({shape_key(L, a) for L, a in items})
+    layers = arch_list_layers(archs, ("mult",))
+    assert t.build(layers, progress=False) == len({RowKey.of(L, True) for L in layers})
     u = LookupTable.load(path)
     h = u.header
     assert u.kind == "latency" and h["threads"] == 1 and h["warmup"] == 1 and h["repeats"] == 3
@@ -177,22 +184,22 @@ def test_latency_table_build_round_trip_price_calibrate(tmp_path):
     assert v.header["overhead_ms"]["layer"] == pytest.approx(cal["layer"])
     extra = sum(cal["layer"][L.op] for L, _ in p.rows)
     assert v.price(archs[0]).overhead_ms == pytest.approx(p.overhead_ms + extra)
-    with pytest.raises(ConfigError, match="only latency tables"):
-        LookupTable.for_energy().calibrate(archs)
+    assert isinstance(v, LatencyTable) and not hasattr(EnergyTable, "calibrate")  # only latency tables are calibrated
+    assert v.cost(archs[0]) == v.price(archs[0]).latency_ms and v.metric == "latency"
 
 
 @pytest.mark.parametrize("space_name, ops", [("tiny", ("mult", "shift", "add")), ("paper160", ("add",))])
 def test_cover_archs_contain_every_shape(space_name, ops):
     space = SearchSpace.load(space_name)
-    keys = {shape_key(L, a) for L, a in space_layers(space, ops)}
+    keys = {RowKey.of(L, True) for L in space_layers(space, ops)}
     archs = list(space_cover_archs(space, ops, seed=1))
-    covered = {shape_key(L, layer_act(a, L)) for a in archs for L in arch_layers(a)}
+    covered = {RowKey.of(L, True) for a in archs for L in arch_layers(a)}
     assert keys <= covered and len(archs) < len(keys) / 3
     for a in archs:
         space.validate(a)
     some = set(list(keys)[:40])
     rest = list(space_cover_archs(space, ops, skip=keys - some))
-    assert some <= {shape_key(L, layer_act(a, L)) for a in rest for L in arch_layers(a)} and len(rest) <= 40
+    assert some <= {RowKey.of(L, True) for a in rest for L in arch_layers(a)} and len(rest) <= 40
 
 
 def test_build_space_times_layers_inside_archs(tmp_path, monkeypatch):
@@ -201,16 +208,16 @@ def test_build_space_times_layers_inside_archs(tmp_path, monkeypatch):
     groups = []
     real = lat.measure_layers
 
-    def spy(items, **kw):
-        groups.append([L.name for L, _ in items])
-        return real(items, **kw)
+    def spy(layers, **kw):
+        groups.append([L.name for L in layers])
+        return real(layers, **kw)
 
     monkeypatch.setattr(lat, "measure_layers", spy)
     space = SearchSpace.load("tiny")
     path = tmp_path / "lat.csv"
     t = LookupTable.for_latency("cpu", 1, 0, 1, path=path, overhead_ms=NO_OVERHEAD)
     added = t.build_space(space, ("mult",), progress=False, flush_every=40)
-    assert added == len(t) == len({shape_key(L, a) for L, a in space_layers(space, ("mult",))})
+    assert added == len(t) == len({RowKey.of(L, True) for L in space_layers(space, ("mult",))})
     assert groups and all(g[0] == "stem" and g[-1] == "classifier" for g in groups)  # whole networks
     assert len(LookupTable.load(path)) == len(t)
     assert t.build_space(space, ("mult",), progress=False) == 0
@@ -245,10 +252,10 @@ def test_combine_takes_medians():
     tabs = []
     for v in (1.0, 3.0, 2.0):
         t = LookupTable.for_latency("cpu", 1, 1, 3, overhead_ms=NO_OVERHEAD)
-        t.add(L, {"latency_ms": v, "mean_ms": v, "std_ms": 0.1, "repeats": 3}, "none")
+        t.add(L, {"latency_ms": v, "mean_ms": v, "std_ms": 0.1, "repeats": 3})
         tabs.append(t)
-    c = LookupTable.combine(tabs)
-    assert c.entries[c.key(L, "none")] == {"latency_ms": 2.0, "mean_ms": 2.0, "std_ms": 0.1, "repeats": 9}
+    c = LatencyTable.combine(tabs)
+    assert c.entries[c.key(L)] == {"latency_ms": 2.0, "mean_ms": 2.0, "std_ms": 0.1, "repeats": 9}
     assert c.header["passes"] == 3
 
 
@@ -256,8 +263,8 @@ def test_calibration_splits_the_gap_by_operator(monkeypatch):
     import nas.cost.latency as lat
 
     # fake timings: every layer 1 ms alone; in a network mult layers cost 0.1 ms more, add 0.3 ms
-    def fake_layers(items, **kw):
-        return [Timing(1.0, 1.0, 0.0, 3, 1) for _ in items]
+    def fake_layers(layers, **kw):
+        return [Timing(1.0, 1.0, 0.0, 3, 1) for _ in layers]
 
     def fake_archs(archs, **kw):
         out = []

@@ -1,4 +1,4 @@
-"""LookupTable: space enumeration, round trips, resumable builds, pricing, malformed files, commands."""
+"""Lookup tables: space enumeration, round trips, resumable builds, pricing, malformed files, commands."""
 
 import json
 import random
@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from nas.cli import lut_main
-from nas.cost.counting import arch_layers
-from nas.cost.energy import load_hardware, price_arch
-from nas.cost.latency import layer_act
-from nas.cost.lut import LookupTable, arch_list_layers, shape_key, space_layers
+from nas.cost.energy import price_arch
+from nas.cost.hardware import load_hardware
+from nas.cost.layers import arch_layers
+from nas.cost.shapes import arch_list_layers, space_layers
+from nas.cost.tablefile import RowKey
+from nas.cost.tables import EnergyTable, LookupTable
 from nas.errors import ConfigError
 from nas.models.zoo import zoo_arch
 from nas.paths import LATENCY_TABLES
@@ -29,16 +31,16 @@ def sample(n, seed=0, ops=("mult", "shift", "add")):
 
 
 def test_space_layers_cover_every_sampled_arch():
-    keys = {shape_key(L, a) for L, a in space_layers(TINY, ("mult", "shift", "add"))}
+    keys = {RowKey.of(L, True) for L in space_layers(TINY, ("mult", "shift", "add"))}
     used = set()
     for a in sample(150, seed=1):
         for L in arch_layers(a):
-            k = shape_key(L, layer_act(a, L))
+            k = RowKey.of(L, True)
             assert k in keys, L
             used.add(k)
     assert len(used) > 0.9 * len(keys)  # the enumeration is tight: (almost) every shape is reachable
-    mins = {shape_key(L, layer_act(TINY.min_arch(), L)) for L in arch_layers(TINY.min_arch())}
-    maxs = {shape_key(L, layer_act(TINY.max_arch(), L)) for L in arch_layers(TINY.max_arch())}
+    mins = {RowKey.of(L, True) for L in arch_layers(TINY.min_arch())}
+    maxs = {RowKey.of(L, True) for L in arch_layers(TINY.max_arch())}
     assert mins <= keys and maxs <= keys
 
 
@@ -46,12 +48,12 @@ def test_space_layers_with_se_and_paper_space():
     d = TINY.to_dict()
     d["stages"][2]["se"] = True
     space = SearchSpace.from_dict(d)
-    keys = {shape_key(L, a) for L, a in space_layers(space, ("shift",))}
+    keys = {RowKey.of(L, True) for L in space_layers(space, ("shift",))}
     rng = random.Random(3)
     for _ in range(30):
         a = space.sample(rng).with_ops("shift")
         for L in arch_layers(a):
-            assert shape_key(L, layer_act(a, L)) in keys
+            assert RowKey.of(L, True) in keys
     paper = SearchSpace.load("paper160")
     assert len(space_layers(paper, ("mult",))) > 100
     with pytest.raises(ConfigError, match="op: got 'div'"):
@@ -69,7 +71,7 @@ def test_energy_round_trip_and_price_matches_model(tmp_path):
     t = energy_table(archs, tmp_path / "t.csv")
     assert t.path.exists() and len(t) > 10
     u = LookupTable.load(t.path)
-    assert u.kind == "energy" and u.header["hardware"] == "eyeriss-45nm" and u.header["bits"] == 32
+    assert isinstance(u, EnergyTable) and u.kind == u.metric == "energy" and u.header["hardware"] == "eyeriss-45nm" and u.header["bits"] == 32
     assert u.header["schema_version"] == 1 and u.header["tool_version"] and u.header["created"]
     assert u.entries.keys() == t.entries.keys()
     for k, v in t.entries.items():
@@ -82,6 +84,7 @@ def test_energy_round_trip_and_price_matches_model(tmp_path):
         assert p.energy_mJ == pytest.approx(direct.energy_mJ, rel=1e-9)
         assert p.latency_ms == pytest.approx(direct.latency_ms, rel=1e-9)
         assert [L.name for L, _ in p.rows] == [L.name for L in arch_layers(a)]
+        assert u.cost(a) == p.energy_mJ
         row = p.to_json_dict()["layers"]
         assert sum(r["energy_mJ"] for r in row) == pytest.approx(p.energy_mJ)
 
@@ -107,18 +110,18 @@ def test_build_is_incremental_and_resumable(tmp_path, monkeypatch):
     path = tmp_path / "t.csv"
     t = LookupTable.for_energy(path=path)
     calls = {"n": 0}
-    real = LookupTable.compute
+    real = EnergyTable.compute
 
-    def flaky(self, layer, act=None):
+    def flaky(self, layer):
         calls["n"] += 1
         if calls["n"] == 23:
             raise KeyboardInterrupt  # killed mid-build
-        return real(self, layer, act)
+        return real(self, layer)
 
-    monkeypatch.setattr(LookupTable, "compute", flaky)
+    monkeypatch.setattr(EnergyTable, "compute", flaky)
     with pytest.raises(KeyboardInterrupt):
         t.build(items, progress=False, flush_every=10)
-    monkeypatch.setattr(LookupTable, "compute", real)
+    monkeypatch.setattr(EnergyTable, "compute", real)
     saved = LookupTable.load(path)
     assert len(saved) >= 20  # flushed rows survive (and the file is valid)
     resumed = LookupTable.open(path, lambda: LookupTable.for_energy())
@@ -129,7 +132,7 @@ def test_build_is_incremental_and_resumable(tmp_path, monkeypatch):
 
 
 def test_energy_table_for_a_space(tmp_path):
-    from nas.cost.lut import energy_table
+    from nas.cost.tables import energy_table
 
     path = tmp_path / "e.csv"
     t = energy_table(TINY, ops=("add",), path=path)
@@ -149,7 +152,7 @@ def test_open_refuses_a_table_built_differently(tmp_path):
 def test_prebuilt_tiny_table_is_current():
     t = LookupTable.load(PREBUILT)
     assert t.header["hardware_fingerprint"] == load_hardware().fingerprint
-    charged = [L for L, _ in space_layers(TINY, ("mult", "shift", "add")) if t.covers(L)]
+    charged = [L for L in space_layers(TINY, ("mult", "shift", "add")) if t.covers(L)]
     assert t.header["space"] == "tiny" and len(t) == len({t.key(L) for L in charged})
     for a in sample(20, seed=9):
         assert t.price(a).energy_mJ == pytest.approx(price_arch(a).energy_mJ, rel=1e-9)

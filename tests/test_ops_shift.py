@@ -14,8 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.errors import ConfigError
-from nas.ops import AdderConv2d, AdderLinear, create_conv, create_linear, op_counts
+from nas.ops import create_conv, create_linear, op_counts
 from nas.ops import reference as R
+from nas.ops.adder import AdderConv2d, AdderLinear
 from nas.ops.shift import (
     ShiftConv2d,
     ShiftLinear,

@@ -32,6 +32,7 @@ from nas.codegen.intnet import DEFAULT_AGREE, DEFAULT_MULT_BITS, IntNet, build_i
 from nas.codegen.reference import run_int
 from nas.errors import ConfigError
 from nas.io import atomic_write_json, atomic_write_text
+from nas.ops.registry import get_kind
 
 MANIFEST_VERSION = 1
 CFLAGS = ("-O2", "-std=c99", "-Wall", "-Werror")
@@ -241,13 +242,13 @@ def compare_with_counter(ops: list[LayerOps], arch) -> list[dict]:
             continue
         pad = lo.pad_skipped
         mine_c = {"macs": lo.terms + pad, "mults": lo.loop["mul"], "adds": lo.loop["add"], "shifts": lo.loop["shift"]}
-        if L.is_conv or L.kind == "linear":
-            exp = {"macs": r.macs, "mults": r.mults - (pad if L.op == "mult" else 0),
-                   "shifts": r.shifts - (pad if L.op == "shift" else 0),
-                   "adds": r.adds - pad + (0 if L.bias else lo.outputs)}
+        if L.has_weights:
+            rule = get_kind(L.op).counting  # what each skipped tap would have cost
+            exp = {"macs": r.macs, "mults": r.mults - rule.mults * pad, "shifts": r.shifts - rule.shifts * pad,
+                   "adds": r.adds - rule.adds * pad + (0 if L.bias else lo.outputs)}
             ok = lo.op == L.op and all(exp[k] == mine_c[k] for k in exp)
             note = f"{pad:,} padding taps skipped" if pad else ""
-        elif L.kind == "pool" or L.name.endswith("se.pool"):
+        elif L.kind == "pool" or L.part == "se_pool":
             hw = L.in_hw * L.in_hw
             pow2 = hw & (hw - 1) == 0
             ok = r.adds == mine_c["adds"] and mine_c["mults"] == 0 and (pow2 or lo.requant["mul"] + lo.requant["shift"] > 0)
@@ -264,13 +265,19 @@ def compare_with_counter(ops: list[LayerOps], arch) -> list[dict]:
 # the check
 
 
+_GROUPS = {"se_pool": "se pool", "se_gate": "se gate"}
+
+
 def _group(lo: LayerOps) -> str:
     """Row label of the per-kind table: 'pointwise shift', 'se gate', 'residual' ..."""
     if lo.op != "-":
         return f"{lo.kind} {lo.op}"
-    if lo.name.endswith(("se.pool", "se.gate")):
-        return "se " + lo.name.rsplit(".", 1)[1]
-    return lo.kind
+    return _GROUPS.get(lo.part, lo.kind)
+
+
+def _multiplication_free(lo: LayerOps) -> bool:
+    """A conv / linear layer of a multiplication-free operator kind (its loops must not multiply)."""
+    return lo.op != "-" and get_kind(lo.op).multiplication_free
 
 
 def check_c(ex: Export, test_images: int | None = None, random_images: int = RANDOM_IMAGES, cc: str | None = None,
@@ -313,7 +320,7 @@ def check_c(ex: Export, test_images: int | None = None, random_images: int = RAN
     # operation counts: executed (count build) == generator's loops; static sites from the text
     gen_ok = all(counted[lo.name]["loop"] == lo.loop and counted[lo.name]["requant"] == lo.requant for lo in prog.ops)
     sites = count_static_mults(prog)
-    mf = [lo for lo in prog.ops if lo.op in ("shift", "add")]
+    mf = [lo for lo in prog.ops if _multiplication_free(lo)]
     mf_loop_mults = sum(counted[lo.name]["loop"]["mul"] for lo in mf)
     mf_sites = {k: sum(sites[lo.name][k] for lo in mf) for k in ("loop", "requant")}
     agreement = compare_with_counter(prog.ops, rd.model.arch)
@@ -433,7 +440,7 @@ def format_deploy_table(prog: CProgram, rows: list[dict]) -> str:
             f"{lo.terms:>10,} {lo.pad_skipped:>8,} {lo.loop['mul']:>9,} {lo.loop['add']:>10,} {lo.loop['shift']:>9,} | "
             f"{lo.requant['mul']:>6,} {lo.requant['add']:>8,} {lo.requant['shift']:>8,} {'yes' if r['ok'] else 'NO'}"
         )
-    mf = [lo for lo in prog.ops if lo.op in ("shift", "add")]
+    mf = [lo for lo in prog.ops if _multiplication_free(lo)]
     lines.append("-" * len(head))
     lines.append(
         f"agree: {sum(r['ok'] for r in rows)}/{len(rows)} layers; multiplications in shift/add conv loops: "

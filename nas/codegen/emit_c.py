@@ -63,6 +63,7 @@ class LayerOps:
     name: str
     kind: str
     op: str
+    part: str = ""  # the layer's part (nas.cost.layers.PARTS)
     terms: int = 0
     pad_skipped: int = 0
     outputs: int = 0
@@ -516,7 +517,7 @@ def generate_c(net: IntNet, requant: str = "csd", arch_id: str = "") -> CProgram
     for i, n in enumerate(net.nodes):
         fn = _cname(i)
         em.layer = n.name
-        lo = LayerOps(n.name, n.kind, n.op if isinstance(n, ConvNode) else "-")
+        lo = LayerOps(n.name, n.kind, n.op if isinstance(n, ConvNode) else "-", n.part)
         emit = {InputNode: em.input, ConvNode: em.conv, PoolNode: em.pool, GateNode: em.gate, AddNode: em.add}[type(n)]
         text = emit(n, fn, lo)
         functions.append(text)

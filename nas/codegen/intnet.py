@@ -38,12 +38,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nas.cost.layers import Layer, arch_layers
 from nas.errors import ConfigError
 from nas.ops import deploy
-from nas.ops.adder import AdderConv2d, AdderLinear
-from nas.ops.shift import ShiftConv2d, ShiftLinear
+from nas.ops.registry import OPS
 
 ACT_BITS = ("auto", "8", "16")
+LOWERED_OPS = ("mult", "shift", "add")  # operator kinds with an integer lowering (_lower_conv) and C code (emit_c)
 DEFAULT_AGREE = 99.5  # 'auto': simulated top-1 agreement (%) with the float model on the calibration images
 DEFAULT_MULT_BITS = 8  # significant bits of a requantisation multiplier (BN scale, 1/HW, 1/6)
 MAX_FRAC = 24  # finest activation grid considered (2**-24)
@@ -142,12 +143,14 @@ class Requant:
 
 @dataclass(eq=False)
 class Node:
-    """A layer: reads ``inputs``, writes ``out``. ``kind`` is the layer kind of ``nas.cost.counting``."""
+    """A layer: reads ``inputs``, writes ``out``. ``name``, ``kind`` and ``part`` are those of its
+    record in ``nas.cost.layers.arch_layers`` (the input node: "input")."""
 
     name: str
     kind: str
     inputs: list[Buf]
     out: Buf
+    part: str = ""
 
 
 @dataclass(eq=False)
@@ -293,16 +296,12 @@ class IntNet:
 
 
 def _op_of(module: nn.Module) -> tuple[str, bool]:
-    """(operator kind, is linear) of a conv / linear module, read from its class."""
-    for cls, op, lin in ((ShiftConv2d, "shift", False), (AdderConv2d, "add", False), (ShiftLinear, "shift", True),
-                         (AdderLinear, "add", True)):
-        if isinstance(module, cls):
-            return op, lin
-    if type(module) is nn.Conv2d:
-        return "mult", False
-    if type(module) is nn.Linear:
-        return "mult", True
-    raise ConfigError("layer", type(module).__name__, "C export supports nn.Conv2d, nn.Linear, ShiftConv2d/Linear, AdderConv2d/Linear")
+    """(operator kind, is linear) of a conv / linear module, read from its class (operator registry)."""
+    found = OPS.kind_of_module(module)
+    if found is None or found[0].name not in LOWERED_OPS:
+        what = type(module).__name__ if found is None else f"{type(module).__name__} ({found[0].name})"
+        raise ConfigError("layer", what, f"C export lowers the conv / linear layers of operator kinds {', '.join(LOWERED_OPS)}")
+    return found[0].name, found[1]
 
 
 _ACT_NAMES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hswish", nn.Identity: "none"}
@@ -316,10 +315,17 @@ def _act_name(module: nn.Module) -> str:
 
 
 class _Tracer:
-    def __init__(self):
-        self.nodes: list[Node] = []
+    """Builds the nodes of a network, each named after its layer record (``layer``)."""
 
-    def conv(self, name: str, kind: str, module: nn.Module, x: Buf, bn: nn.Module | None, act: str) -> Buf:
+    def __init__(self, arch):
+        self.nodes: list[Node] = []
+        self.records = {(L.part, L.stage, L.block): L for L in arch_layers(arch)}
+
+    def layer(self, part: str, stage: int | None = None, block: int | None = None) -> Layer:
+        return self.records[(part, stage, block)]
+
+    def conv(self, L: Layer, module: nn.Module, x: Buf, bn: nn.Module | None, act: str) -> Buf:
+        name = L.name
         op, linear = _op_of(module)
         if linear:
             k = s = 1
@@ -334,16 +340,22 @@ class _Tracer:
         c, h, w = x.shape
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         out = Buf(name, (cout, ho, wo), act in _NONNEG_ACTS)
-        self.nodes.append(ConvNode(name, kind, [x], out, module=module, bn=bn, act=act, op=op, linear=linear,
+        self.nodes.append(ConvNode(name, L.kind, [x], out, L.part, module=module, bn=bn, act=act, op=op, linear=linear,
                                    kernel=k, stride=s, pad=p, groups=groups))
         return out
 
-    def cba(self, name: str, kind: str, m: nn.Module, x: Buf) -> Buf:
-        return self.conv(name, kind, m.conv, x, m.bn, _act_name(m.act))
+    def cba(self, L: Layer, m: nn.Module, x: Buf) -> Buf:
+        return self.conv(L, m.conv, x, m.bn, _act_name(m.act))
 
-    def pool(self, name: str, x: Buf) -> Buf:
-        out = Buf(name, (x.shape[0], 1, 1), x.nonneg)
-        self.nodes.append(PoolNode(name, "pool" if name == "pool" else "se", [x], out))
+    def pool(self, L: Layer, x: Buf) -> Buf:
+        out = Buf(L.name, (x.shape[0], 1, 1), x.nonneg)
+        self.nodes.append(PoolNode(L.name, L.kind, [x], out, L.part))
+        return out
+
+    def join(self, cls: type[Node], L: Layer, inputs: list[Buf], nonneg: bool) -> Buf:
+        """A node of two inputs of one shape (SE gating, residual add)."""
+        out = Buf(L.name, inputs[0].shape, nonneg)
+        self.nodes.append(cls(L.name, L.kind, inputs, out, L.part))
         return out
 
 
@@ -355,37 +367,33 @@ def _check_network(model: nn.Module) -> None:
 
 
 def trace(model: nn.Module, raw_shape: tuple[int, int, int], float_lut: torch.Tensor, src: list[int]) -> list[Node]:
-    """The layers of a ``nas.models.Network`` in execution order, named like ``nas.cost.counting``."""
+    """The layers of a ``nas.models.Network`` in execution order, each named after its record in
+    ``nas.cost.layers.arch_layers(model.arch)``."""
     _check_network(model)
-    t = _Tracer()
+    t = _Tracer(model.arch)
     cin = model.stem.conv.in_channels
     x = Buf("input", (cin, raw_shape[1], raw_shape[2]), False)
     t.nodes.append(InputNode("input", "input", [], x, float_lut=float_lut, src=src, raw_shape=raw_shape))
-    x = t.cba("stem", "dense", model.stem, x)
+    x = t.cba(t.layer("stem"), model.stem, x)
     for i, stage in enumerate(model.stages):
         for j, block in enumerate(stage):
-            p = f"s{i}.b{j}"
-            y = x if block.expand is None else t.cba(f"{p}.expand", "pointwise", block.expand, x)
-            y = t.cba(f"{p}.dw", "depthwise", block.dw, y)
+            y = x if block.expand is None else t.cba(t.layer("expand", i, j), block.expand, x)
+            y = t.cba(t.layer("dw", i, j), block.dw, y)
             if block.se is not None:
-                g = t.pool(f"{p}.se.pool", y)
-                g = t.conv(f"{p}.se.reduce", "se", block.se.reduce, g, None, "relu")
-                g = t.conv(f"{p}.se.expand", "se", block.se.expand, g, None, "hsigmoid")
-                gated = Buf(f"{p}.se.gate", y.shape, y.nonneg)
-                t.nodes.append(GateNode(f"{p}.se.gate", "se", [y, g], gated))
-                y = gated
-            y = t.cba(f"{p}.project", "pointwise", block.project, y)
+                g = t.pool(t.layer("se_pool", i, j), y)
+                g = t.conv(t.layer("se_reduce", i, j), block.se.reduce, g, None, "relu")
+                g = t.conv(t.layer("se_expand", i, j), block.se.expand, g, None, "hsigmoid")
+                y = t.join(GateNode, t.layer("se_gate", i, j), [y, g], y.nonneg)
+            y = t.cba(t.layer("project", i, j), block.project, y)
             if block.shortcut:
-                s = Buf(f"{p}.residual", y.shape, False)
-                t.nodes.append(AddNode(f"{p}.residual", "residual", [x, y], s))
-                y = s
+                y = t.join(AddNode, t.layer("residual", i, j), [x, y], False)
             x = y
     if model.feature_mix is not None:
-        x = t.cba("feature_mix", "pointwise", model.feature_mix, x)
-    x = t.pool("pool", x)
+        x = t.cba(t.layer("feature_mix"), model.feature_mix, x)
+    x = t.pool(t.layer("pool"), x)
     if model.post_pool is not None:
-        x = t.cba("post_pool", "pointwise", model.post_pool, x)
-    t.conv("classifier", "linear", model.classifier, x, None, "none")
+        x = t.cba(t.layer("post_pool"), model.post_pool, x)
+    t.conv(t.layer("classifier"), model.classifier, x, None, "none")
     return t.nodes
 
 

@@ -52,7 +52,7 @@ def _rshift_round(v: torch.Tensor, s: int) -> torch.Tensor:
 def conv_acc(n: ConvNode, x: torch.Tensor) -> torch.Tensor:
     """The exact integer accumulator of a conv / linear layer (bias included)."""
     xf = n.inputs[0].fmt
-    if n.op in ("shift", "add"):
+    if (n.op, n.linear) in _DEPLOY_FNS:  # shift and add layers: nas.ops.deploy's exact integer sums
         xr = x.double() * 2.0**-xf.frac  # exact: the layer input on its grid
         if n.linear:
             xr = xr.flatten(1)

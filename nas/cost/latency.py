@@ -1,13 +1,14 @@
 """Measured latency on the machine the toolkit runs on: per layer shape and end to end.
 
-Every layer of ``nas.cost.counting.arch_layers`` is timed as the real PyTorch code that runs it
-inside ``nas.models.static.Network`` (eval mode, ``torch.no_grad``, batch 1 by default):
+Every layer of ``nas.cost.layers.arch_layers`` is timed as the real PyTorch code that runs it
+inside ``nas.models.static.Network`` (eval mode, ``torch.no_grad``, batch 1 by default), chosen by
+its record's fields (kind, part, operator, activation), never by its name:
 
 =================  ===========================================================================
 layer              what is timed
 =================  ===========================================================================
-dense, pointwise,  ``ConvBNAct`` (conv of the layer's operator kind -> BN -> activation; the
-depthwise          post-pool conv has a bias and no BN)
+dense, pointwise,  ``ConvBNAct`` (conv of the layer's operator kind -> BN -> the layer's ``act``;
+depthwise          the post-pool conv has a bias and no BN)
 se.pool            ``F.adaptive_avg_pool2d(x, 1)``
 se.reduce          the SE reduce conv followed by its ReLU
 se.expand          the SE expand conv
@@ -20,14 +21,14 @@ linear             the classifier (``create_linear``)
 Layers are timed in turn, in groups (``measure_layers``): in a network a layer runs between other
 layers, and a tight loop over one op underestimates it (warm caches and branch predictors). Tables
 of a search space time every shape inside an arch of the space that contains it
-(``LookupTable.build_space`` with ``nas.cost.lut.space_cover_archs``), i.e. in the company of a
+(``LatencyTable.build_space`` with ``nas.cost.shapes.space_cover_archs``), i.e. in the company of a
 real network, which is what end-to-end latency sees.
 Each call is timed on its own (``time.perf_counter_ns``; CUDA: ``torch.cuda.synchronize`` before
 reading the clock) after a warm-up; a table keeps the median, mean, standard deviation and number
 of repeats per shape, and its header the device, thread count, warm-up and repeats.
 
 What no layer accounts for is in the table's header as ``overhead_ms`` and added by
-``LookupTable.price``: the python cost of the containers (``Network.forward``, ``MBConv.forward``;
+``LatencyTable.price``: the python cost of the containers (``Network.forward``, ``MBConv.forward``;
 ``measure_overhead``, per network and per block) and a per-layer in-network overhead per operator
 kind (``calibrate_layer_overhead``). A network's predicted latency is the sum of its layers'
 entries plus these overheads.
@@ -43,8 +44,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from nas.cost.counting import Layer, arch_layers
+from nas.cost.layers import Layer, arch_layers
 from nas.errors import ConfigError
+from nas.ops.registry import MULT, op_kinds
 
 DEVICES = ("cpu", "cuda")
 
@@ -124,30 +126,13 @@ def time_calls(fn: Callable[[], object], warmup: int = 10, repeats: int = 50, de
 # the real code of one layer
 
 
-def layer_act(arch, layer: Layer) -> str:
-    """Activation that follows ``layer`` inside ``build_model(arch)`` ('none' where there is none)."""
-    name = layer.name
-    if name == "stem":
-        return arch.stem.act
-    if name == "feature_mix":
-        return arch.feature_mix.act
-    if name == "post_pool":
-        return arch.post_pool.act
-    if layer.kind in ("dense", "pointwise", "depthwise") and name[0] == "s":
-        if name.endswith(".project"):
-            return "none"
-        i, j = name.split(".", 2)[:2]
-        return arch.stages[int(i[1:])].blocks[int(j[1:])].act
-    return "none"
-
-
-def layer_callable(layer: Layer, act: str = "none", batch: int = 1, device: str = "cpu", op_options: dict | None = None, seed: int = 0) -> Callable[[], object]:
+def layer_callable(layer: Layer, batch: int = 1, device: str = "cpu", op_options: dict | None = None, seed: int = 0) -> Callable[[], object]:
     """A zero-argument function running the real PyTorch code of ``layer`` on a random input."""
     import torch
     import torch.nn.functional as F
 
-    from nas.models.static import ConvBNAct, _opts
-    from nas.ops import create_conv, create_linear
+    from nas.models.static import ConvBNAct
+    from nas.ops.registry import create_conv, create_linear, options_for
 
     g = torch.Generator().manual_seed(seed)
     L = layer
@@ -155,22 +140,21 @@ def layer_callable(layer: Layer, act: str = "none", batch: int = 1, device: str 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device)
 
-    part = L.name.rsplit(".", 1)[-1] if L.kind == "se" else ""
     if L.kind in ("dense", "pointwise", "depthwise"):
-        m = ConvBNAct(L.op, L.in_channels, L.out_channels, L.kernel_size, L.stride, L.groups, act=act, bn=L.bn, op_options=op_options)
+        m = ConvBNAct(L.op, L.in_channels, L.out_channels, L.kernel_size, L.stride, L.groups, act=L.act, bn=L.bn, op_options=op_options)
         m = m.to(device).eval()
         x = rand(batch, L.in_channels, L.in_hw, L.in_hw)
         return lambda: m(x)
-    if L.kind == "se" and part in ("reduce", "expand"):
-        conv = create_conv(L.op, L.in_channels, L.out_channels, 1, bias=True, **_opts(L.op, op_options)).to(device).eval()
+    if L.part in ("se_reduce", "se_expand"):
+        conv = create_conv(L.op, L.in_channels, L.out_channels, 1, bias=True, **options_for(L.op, op_options)).to(device).eval()
         x = rand(batch, L.in_channels, 1, 1)
-        if part == "reduce":
+        if L.part == "se_reduce":  # SqueezeExcite: expand(relu(reduce(pooled)))
             return lambda: F.relu(conv(x))
         return lambda: conv(x)
-    if L.kind == "se" and part == "pool":
+    if L.part == "se_pool":
         x = rand(batch, L.in_channels, L.in_hw, L.in_hw)
         return lambda: F.adaptive_avg_pool2d(x, 1)
-    if L.kind == "se" and part == "gate":
+    if L.part == "se_gate":
         x = rand(batch, L.in_channels, L.in_hw, L.in_hw)
         s = rand(batch, L.in_channels, 1, 1)
         return lambda: x * F.hardsigmoid(s)
@@ -182,7 +166,7 @@ def layer_callable(layer: Layer, act: str = "none", batch: int = 1, device: str 
         x = rand(batch, L.in_channels, L.in_hw, L.in_hw)
         return lambda: torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
     if L.kind == "linear":
-        fc = create_linear(L.op, L.in_channels, L.out_channels, bias=L.bias, **_opts(L.op, op_options)).to(device).eval()
+        fc = create_linear(L.op, L.in_channels, L.out_channels, bias=L.bias, **options_for(L.op, op_options)).to(device).eval()
         x = rand(batch, L.in_channels)
         return lambda: fc(x)
     raise ConfigError(f"layer {L.name}.kind", L.kind, "no latency measurement for this layer kind")
@@ -190,7 +174,6 @@ def layer_callable(layer: Layer, act: str = "none", batch: int = 1, device: str 
 
 def measure_layer(
     layer: Layer,
-    act: str = "none",
     *,
     device: str = "cpu",
     batch: int = 1,
@@ -204,7 +187,7 @@ def measure_layer(
 
     check_device(device)
     with torch_threads(threads), torch.no_grad():
-        fn = layer_callable(layer, act, batch, device, op_options)
+        fn = layer_callable(layer, batch, device, op_options)
         return time_calls(fn, warmup, repeats, device)
 
 
@@ -248,7 +231,7 @@ def _round_robin(fns: list[Callable[[], object]], warmup: int, repeats: int, dev
 
 
 def measure_layers(
-    items: list[tuple[Layer, str | None]],
+    layers: list[Layer],
     *,
     device: str = "cpu",
     batch: int = 1,
@@ -257,12 +240,12 @@ def measure_layers(
     threads: int | None = 1,
     op_options: dict | None = None,
 ) -> list[Timing]:
-    """Latency of several layer shapes, timed in turn (see ``_round_robin``); one Timing per item."""
+    """Latency of several layer shapes, timed in turn (see ``_round_robin``); one Timing per layer."""
     import torch
 
     check_device(device)
     with torch_threads(threads), torch.no_grad():
-        fns = [layer_callable(L, act or "none", batch, device, op_options) for L, act in items]
+        fns = [layer_callable(L, batch, device, op_options) for L in layers]
         return _round_robin(fns, warmup, repeats, device)
 
 
@@ -336,9 +319,9 @@ def calibrate_layer_overhead(
     Times each arch end to end (``measure_archs``) and right after its layers in turn as one group
     (``measure_layers``, as a table build does), so both see the same load from other processes;
     ``gap = end_to_end - sum(layers) - network - blocks * block``. Medians keep it robust to a
-    burst of load: ``mult`` is the median gap per layer over the archs without shift / add layers
-    (all archs when there are none); ``shift`` / ``add`` are the medians, over the archs that have
-    such layers, of ``(gap - mult * mult_layers) / op_layers``. All clipped at 0.
+    burst of load: ``mult`` is the median gap per layer over the archs with multiplicative layers
+    only (all archs when there are none); every other operator kind's is the median, over the
+    archs that have layers of it, of ``(gap - mult * mult_layers) / its_layers``. All clipped at 0.
     Returns ``{"layer": {op: ms}, "archs": n, "spread": [min, max] gap per layer}``.
     """
     container_ms = container_ms or {"network": 0.0, "block": 0.0}
@@ -347,18 +330,19 @@ def calibrate_layer_overhead(
     for a in archs:
         layers = arch_layers(a)
         t = measure_archs([a], **kw)[0]
-        parts = measure_layers([(L, layer_act(a, L)) for L in layers], **kw)
+        parts = measure_layers(layers, **kw)
         blocks = sum(len(s.blocks) for s in a.stages)
         gap = t.median_ms - sum(p.median_ms for p in parts) - container_ms["network"] - blocks * container_ms["block"]
-        counts = {op: sum(1 for L in layers if L.op == op) for op in ("mult", "shift", "add")}
+        counts = {op: sum(1 for L in layers if L.op == op) for op in op_kinds()}
         rows.append((gap, counts))
     per_layer = [g / sum(c.values()) for g, c in rows]
-    pure = [g / c["mult"] for g, c in rows if c["shift"] == 0 and c["add"] == 0]
+    pure = [g / c[MULT] for g, c in rows if sum(c.values()) == c[MULT]]
     mult = max(statistics.median(pure if pure else per_layer), 0.0)
-    coef = {"mult": mult}
-    for op in ("shift", "add"):
-        vals = [(g - mult * c["mult"]) / c[op] for g, c in rows if c[op]]
-        coef[op] = max(statistics.median(vals), 0.0) if vals else mult
+    coef = {MULT: mult}
+    for op in op_kinds():
+        if op != MULT:
+            vals = [(g - mult * c[MULT]) / c[op] for g, c in rows if c[op]]
+            coef[op] = max(statistics.median(vals), 0.0) if vals else mult
     return {"layer": coef, "archs": len(archs), "spread": [min(per_layer), max(per_layer)]}
 
 
@@ -401,9 +385,3 @@ def measure_overhead(*, device: str = "cpu", warmup: int = 50, repeats: int = 50
         net = time_calls(lambda: n(x), warmup, repeats, device).median_ms
         bare = time_calls(lambda: x, warmup, repeats, device).median_ms
     return {"block": max(block - bare, 0.0), "network": max(net - bare, 0.0)}
-
-
-def arch_acts(arch, layers: list[Layer] | None = None) -> list[str]:
-    """The activation after each layer of ``arch_layers(arch)``."""
-    layers = arch_layers(arch) if layers is None else layers
-    return [layer_act(arch, L) for L in layers]

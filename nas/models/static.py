@@ -1,19 +1,18 @@
 """Static networks built from an Arch.
 
-Module paths mirror the layer names of ``nas.cost.counting.arch_layers``: layer ``s1.b0.expand``
-is module ``stages.1.0.expand``, so costs, weights and exported files line up.
+Module paths line up with the layer records of ``nas.cost.layers.arch_layers``: layer
+``s1.b0.expand`` is computed by module ``stages.1.0.expand.conv`` (its ``Layer.path``), so costs,
+weights and exported files line up.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.arch import Arch, BlockSpec, block_in_channels, has_shortcut
-from nas.ops import create_conv, create_linear
+from nas.ops.registry import create_conv, create_linear, options_for
 
 
 def build_act(name: str) -> nn.Module:
@@ -34,7 +33,7 @@ class ConvBNAct(nn.Module):
     def __init__(self, op: str, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: str = "relu6",
                  bn: bool = True, op_options: dict | None = None):
         super().__init__()
-        self.conv = create_conv(op, cin, cout, k, stride, groups, bias=not bn, **_opts(op, op_options))
+        self.conv = create_conv(op, cin, cout, k, stride, groups, bias=not bn, **options_for(op, op_options))
         self.bn = nn.BatchNorm2d(cout) if bn else None
         self.act = build_act(act)
 
@@ -50,8 +49,8 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, op: str, channels: int, mid: int, op_options: dict | None = None):
         super().__init__()
-        self.reduce = create_conv(op, channels, mid, 1, bias=True, **_opts(op, op_options))
-        self.expand = create_conv(op, mid, channels, 1, bias=True, **_opts(op, op_options))
+        self.reduce = create_conv(op, channels, mid, 1, bias=True, **options_for(op, op_options))
+        self.expand = create_conv(op, mid, channels, 1, bias=True, **options_for(op, op_options))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = F.adaptive_avg_pool2d(x, 1)
@@ -92,8 +91,8 @@ class SegHead(nn.Module):
         h, k, op = arch.seg_head, arch.num_classes, arch.classifier.op
         self.cbr = ConvBNAct(h.op, cin, h.channels, 1, act=h.act, op_options=op_options)
         self.scale = ConvBNAct(h.gate_op, cin, h.channels, 1, act="none", op_options=op_options)
-        self.high_classifier = create_conv(op, h.channels, k, 1, bias=True, **_opts(op, op_options))
-        self.low_classifier = create_conv(op, skip_in, k, 1, bias=True, **_opts(op, op_options))
+        self.high_classifier = create_conv(op, h.channels, k, 1, bias=True, **options_for(op, op_options))
+        self.low_classifier = create_conv(op, skip_in, k, 1, bias=True, **options_for(op, op_options))
 
 
 def seg_logits(head: nn.Module, x: torch.Tensor, skip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -161,7 +160,7 @@ class Network(nn.Module):
             return
         self.dropout = nn.Dropout(arch.classifier.dropout) if arch.classifier.dropout > 0 else nn.Identity()
         op = arch.classifier.op
-        self.classifier = create_linear(op, c, arch.num_classes, bias=True, **_opts(op, op_options))
+        self.classifier = create_linear(op, c, arch.num_classes, bias=True, **options_for(op, op_options))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -186,23 +185,6 @@ def pooled_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if net.post_pool is not None:
         x = net.post_pool(x)
     return torch.flatten(x, 1)
-
-
-def layer_module_path(layer_name: str) -> str:
-    """Module path of a counted layer: ``s1.b0.expand`` -> ``stages.1.0.expand.conv``."""
-    parts = layer_name.split(".")
-    if parts[0][0] == "s" and parts[0][1:].isdigit():
-        parts = ["stages", parts[0][1:], parts[1][1:]] + parts[2:]
-    if parts[-1] in ("stem", "expand", "dw", "project", "feature_mix", "post_pool", "cbr", "scale") and parts[-2:-1] != ["se"]:
-        parts.append("conv")
-    return ".".join(parts)
-
-
-def _opts(op: str, op_options: dict | None) -> dict[str, Any]:
-    """Operator options apply to the MF kinds only (``{"shift": {...}, "add": {...}}``)."""
-    if not op_options or op == "mult":
-        return {}
-    return dict(op_options.get(op, {}))
 
 
 def build_model(arch: Arch, op_options: dict | None = None) -> Network:

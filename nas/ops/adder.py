@@ -66,7 +66,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.errors import ConfigError
-from nas.ops import _check_int, _conv_config, _conv_repr, _conv_terms, _ext, _numel, _pair, op_counts
+from nas.ops import _ext
+from nas.ops._common import check_int, conv_config, conv_repr, conv_terms, numel, pair
+from nas.ops.registry import DEFAULT_ETA, check_eta, get_kind
 
 __all__ = [
     "AdderConv2d",
@@ -78,18 +80,9 @@ __all__ = [
     "ENV_BACKEND",
 ]
 
-DEFAULT_ETA = 0.2
 ENV_BACKEND = "SHIFTADDAUG_ADDER_BACKEND"  # "auto" (default) or "triton" (see the module docstring)
 # torch fallback: each temporary holds at most max(this many elements, a quarter of the im2col buffer).
 _FALLBACK_MIN_ELEMS = 1 << 20
-
-
-def _check_eta(eta):
-    if eta is None:
-        return None
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta <= 0:
-        raise ConfigError("eta", eta, "allowed: a positive finite number, or None to turn gradient scaling off")
-    return float(eta)
 
 
 def adaptive_grad_scale(grad: torch.Tensor, eta: float | None) -> torch.Tensor:
@@ -485,8 +478,8 @@ def adder_conv2d(
             f"adder_conv2d: input channels {x.shape[1]} and weight {tuple(weight.shape)} do not match groups={groups}"
         )
     _check_same(x, weight, "adder_conv2d")
-    stride, padding, dilation = _pair("stride", stride, 1), _pair("padding", padding, 0), _pair("dilation", dilation, 1)
-    eta = _check_eta(eta)
+    stride, padding, dilation = pair("stride", stride, 1), pair("padding", padding, 0), pair("dilation", dilation, 1)
+    eta = check_eta(eta)
     y = _adder_op(x, weight, list(stride), list(padding), list(dilation), groups, eta)
     return y if bias is None else y + bias.view(1, -1, 1, 1)
 
@@ -505,7 +498,7 @@ def adder_linear(
     _check_same(x, weight, "adder_linear")
     lead = x.shape[:-1]
     x4 = x.reshape(-1, x.shape[-1]).t()[None, :, None, :]
-    y4 = _adder_op(x4, weight[:, :, None, None], [1, 1], [0, 0], [1, 1], 1, _check_eta(eta))
+    y4 = _adder_op(x4, weight[:, :, None, None], [1, 1], [0, 0], [1, 1], 1, check_eta(eta))
     y = y4[0, :, 0, :].t().reshape(*lead, weight.shape[0])
     return y if bias is None else y + bias
 
@@ -538,8 +531,8 @@ class AdderConv2d(nn.Module):
         eta: float | None = DEFAULT_ETA,
     ):
         super().__init__()
-        shape = _conv_config(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
-        self.eta = _check_eta(eta)
+        shape = conv_config(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
+        self.eta = check_eta(eta)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(shape, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
@@ -554,11 +547,11 @@ class AdderConv2d(nn.Module):
         return adder_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, self.eta)
 
     def count_ops(self, out_shape) -> dict[str, int]:
-        k = _conv_terms(self.in_channels, self.groups, self.kernel_size)
-        return op_counts("add", k, _numel(out_shape), self.bias is not None)
+        k = conv_terms(self.in_channels, self.groups, self.kernel_size)
+        return get_kind("add").counting.counts(k, numel(out_shape), self.bias is not None)
 
     def extra_repr(self) -> str:
-        return _conv_repr(self) + f", eta={self.eta}"
+        return conv_repr(self) + f", eta={self.eta}"
 
 
 class AdderLinear(nn.Module):
@@ -575,9 +568,9 @@ class AdderLinear(nn.Module):
         eta: float | None = DEFAULT_ETA,
     ):
         super().__init__()
-        self.in_features = _check_int("in_features", in_features, 1)
-        self.out_features = _check_int("out_features", out_features, 1)
-        self.eta = _check_eta(eta)
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
+        self.eta = check_eta(eta)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
@@ -592,7 +585,7 @@ class AdderLinear(nn.Module):
         return adder_linear(x, self.weight, self.bias, self.eta)
 
     def count_ops(self, out_shape) -> dict[str, int]:
-        return op_counts("add", self.in_features, _numel(out_shape), self.bias is not None)
+        return get_kind("add").counting.counts(self.in_features, numel(out_shape), self.bias is not None)
 
     def extra_repr(self) -> str:
         bias = self.bias is not None

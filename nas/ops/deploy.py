@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from nas.errors import ConfigError
 from nas.ops.adder import AdderConv2d, AdderLinear
-from nas.ops.shift import ShiftConv2d, ShiftLinear, _check_act_bits, _fixed_point_grid
+from nas.ops.registry import check_act_bits
+from nas.ops.shift import ShiftConv2d, ShiftLinear, _fixed_point_grid
 
 __all__ = [
     "fixed_point_int",
@@ -50,7 +51,7 @@ def fixed_point_int(x: torch.Tensor, integer_bits: int, fraction_bits: int) -> t
     """``x`` as two's complement fixed point integers (int64), identical to ``nas.ops.shift.fixed_point``
     except at the top of formats wider than float32's 24 bits: computed in float64, where every code
     up to 2**31 - 1 is exact, a saturated value is the format's largest code (float32 cannot hold it)."""
-    _check_act_bits(integer_bits, fraction_bits)
+    check_act_bits(integer_bits, fraction_bits)
     return _fixed_point_grid(x.detach().double(), integer_bits, fraction_bits).long()
 
 
@@ -70,7 +71,7 @@ def _act_bits(module, integer_bits, fraction_bits):
             None,
             "allowed: integer deployment needs fixed-point activations (set act_integer_bits/act_fraction_bits)",
         )
-    return _check_act_bits(i, f)
+    return check_act_bits(i, f)
 
 
 def shift_layer_params(
@@ -207,7 +208,7 @@ def adder_conv2d_int(
     module: AdderConv2d, x: torch.Tensor, integer_bits: int, fraction_bits: int, return_int: bool = False
 ):
     """Run ``module`` in integers on the fixed-point grid (I, F); float result ``acc * 2**-F``."""
-    _check_act_bits(integer_bits, fraction_bits)
+    check_act_bits(integer_bits, fraction_bits)
     xi = fixed_point_int(x, integer_bits, fraction_bits)
     wi = fixed_point_int(module.weight, integer_bits, fraction_bits)
     acc = _int_conv(
@@ -229,7 +230,7 @@ def adder_linear_int(
     module: AdderLinear, x: torch.Tensor, integer_bits: int, fraction_bits: int, return_int: bool = False
 ):
     """``adder_conv2d_int`` for an AdderLinear."""
-    _check_act_bits(integer_bits, fraction_bits)
+    check_act_bits(integer_bits, fraction_bits)
     lead = x.shape[:-1]
     xi = fixed_point_int(x.reshape(-1, module.in_features, 1, 1), integer_bits, fraction_bits)
     wi = fixed_point_int(module.weight, integer_bits, fraction_bits)[:, :, None, None]

@@ -5,7 +5,8 @@ multiplicative (Gaussian) domain. Its active configuration (set by the network t
 
 * ``active_out`` output channels and ``active_kernel`` (a centred crop of the stored kernel, OFA
   style); the input channels are read from the input tensor, so widths propagate;
-* an MF prefix ``mf_out`` x ``mf_in`` computed by ``mf_op`` ("shift" or "add") on the remapped
+* an MF prefix ``mf_out`` x ``mf_in`` computed by ``mf_op`` (a multiplication-free kind of the
+  operator registry, ``nas.ops.registry``: "shift" or "add") with its functional form on the remapped
   slice ``R(W[:mf_out, :mf_in])`` (method.md section 3.2):
 
       Y_t = MF(X_t; R(W_tt)) + MConv(X_a; W_ta)        # target output channels
@@ -23,66 +24,42 @@ orders of magnitude larger than multiplicative ones (the paper is silent; method
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nas.ops import create_conv, create_linear
+from nas.errors import ConfigError
 from nas.ops.precision import full_precision, to_float32
+from nas.ops.registry import create_conv, create_linear, get_kind, op_kinds, options_for
 from nas.ops.remap import Remap
-
-MF_OPS = ("shift", "add")
 
 
 def _check_options(op: str, options: dict) -> dict:
-    """Options of the MF op used inside hybrid layers (validated once, at construction)."""
-    from nas.errors import ConfigError
-
-    allowed = {"shift": {"weight_bits", "rounding", "max_shift"}, "add": {"eta"}}[op]
+    """Options of the MF op used inside hybrid layers (validated once, at construction, by the
+    kind's option dataclass): only those its functional form takes (``OpKind.hybrid_options``)."""
+    kind = get_kind(op)
     for k in options:
-        if k not in allowed:
-            raise ConfigError(f"op_options.{op}.{k}", options[k], f"hybrid layers accept: {', '.join(sorted(allowed))}")
-    if options:
-        _validate_static(op, tuple(sorted(options.items())))
+        if k not in kind.hybrid_options:
+            raise ConfigError(f"op_options.{op}.{k}", options[k], f"hybrid layers accept: {', '.join(sorted(kind.hybrid_options))}")
+    kind.options.from_dict(dict(options), f"op_options.{op}")
     return dict(options)
 
 
-@functools.lru_cache(maxsize=64)
-def _validate_static(op: str, items: tuple) -> None:
-    """Build a tiny static op once so its own option checks run now, not at the first forward.
-
-    Under ``fork_rng`` so that validating options never shifts the caller's random stream.
-    """
-    with torch.random.fork_rng(devices=[]):
-        create_conv(op, 1, 1, 1, **dict(items))
+def _mf_options(op_options: dict | None) -> dict[str, dict]:
+    """Validated hybrid options of every kind (``{"shift": {...}, "add": {...}}``)."""
+    return {op: _check_options(op, options_for(op, op_options)) for op in op_kinds()}
 
 
 def mf_conv2d(op: str, x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, groups: int, options: dict) -> torch.Tensor:
-    """Functional MF convolution of ``x`` with (already remapped) weight ``w``."""
-    if op == "shift":
-        from nas.ops.shift import shift_weight_q
-
-        return F.conv2d(x, shift_weight_q(w, **options), None, stride, padding, 1, groups)
-    if op == "add":
-        from nas.ops.adder import adder_conv2d
-
-        return adder_conv2d(x, w, None, stride, padding, 1, groups, **options)
-    raise ValueError(op)
+    """Functional MF convolution of ``x`` with (already remapped) weight ``w`` (the kind's ``apply_conv``)."""
+    return get_kind(op).apply_conv(x, w, None, stride, padding, 1, groups, **options)
 
 
 def mf_linear(op: str, x: torch.Tensor, w: torch.Tensor, options: dict) -> torch.Tensor:
-    if op == "shift":
-        from nas.ops.shift import shift_weight_q
-
-        return F.linear(x, shift_weight_q(w, **options))
-    if op == "add":
-        from nas.ops.adder import adder_linear
-
-        return adder_linear(x, w, None, **options)
-    raise ValueError(op)
+    """Functional MF linear layer (the kind's ``apply_linear``)."""
+    return get_kind(op).apply_linear(x, w, None, **options)
 
 
 def _crop(w: torch.Tensor, k: int) -> torch.Tensor:
@@ -125,7 +102,7 @@ class HybridConv2d(nn.Module):
         # NetAug's advice: kaiming_uniform, fan from the max shape (expand ratios get large)
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.remap = Remap(remap, max_kernel)
-        self.op_options = {op: _check_options(op, dict((op_options or {}).get(op, {}))) for op in MF_OPS}
+        self.op_options = _mf_options(op_options)
         self.active_out = max_out
         self.active_kernel = max_kernel
         self.mf_op = "mult"
@@ -198,10 +175,8 @@ class HybridConv2d(nn.Module):
             raise ValueError("export needs the target configuration: the MF prefix must cover the whole layer")
         layer = create_conv(op, cin, self.active_out, self.active_kernel, self.stride, groups, bias=self.bias is not None, **self.op_options.get(op, {}))
         w = self.active_weight(cin) if op == "mult" else self.mf_weight()
-        if op == "shift":
-            from nas.ops.shift import shift_weight_q
-
-            w = shift_weight_q(w, **self.op_options["shift"])  # stored as powers of two
+        if op != "mult":
+            w = get_kind(op).stored_weight(w, **self.op_options[op])  # shift: stored as powers of two
         layer.weight.copy_(w)
         if self.bias is not None:
             layer.bias.copy_(self.bias[: self.active_out])
@@ -220,7 +195,7 @@ class HybridLinear(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
         self.remap = Remap(remap, 1)
-        self.op_options = {op: _check_options(op, dict((op_options or {}).get(op, {}))) for op in MF_OPS}
+        self.op_options = _mf_options(op_options)
         self.mf_op = "mult"
         self.mf_in = 0
 
@@ -250,11 +225,7 @@ class HybridLinear(nn.Module):
         layer = create_linear(op, cin, self.weight.shape[0], bias=self.bias is not None, **self.op_options.get(op, {}))
         w = self.weight[:, :cin]
         if op != "mult":
-            w = self.remap(w)
-            if op == "shift":
-                from nas.ops.shift import shift_weight_q
-
-                w = shift_weight_q(w, **self.op_options["shift"])
+            w = get_kind(op).stored_weight(self.remap(w), **self.op_options[op])
         layer.weight.copy_(w)
         if self.bias is not None:
             layer.bias.copy_(self.bias)

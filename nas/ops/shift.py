@@ -64,8 +64,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.errors import ConfigError
-from nas.ops import _check_choice, _check_int, _conv_config, _conv_repr, _conv_terms, _numel, op_counts
+from nas.ops._common import check_choice, check_int, conv_config, conv_repr, conv_terms, numel
 from nas.ops.precision import full_precision, to_float32
+from nas.ops.registry import (
+    ROUNDINGS,
+    SHIFT_TYPES,
+    ShiftOptions,
+    check_act_bits,
+    check_max_shift,
+    check_weight_bits,
+    get_kind,
+)
 
 __all__ = [
     "SHIFT_TYPES",
@@ -75,14 +84,14 @@ __all__ = [
     "shift_range",
     "shift_weight_q",
     "shift_weight_ps",
+    "shift_conv2d",
+    "shift_linear",
     "shift_and_sign_q",
     "shift_and_sign_ps",
     "fixed_point",
 ]
 
-SHIFT_TYPES = ("Q", "PS")
-ROUNDINGS = ("deterministic", "stochastic")
-MAX_WEIGHT_BITS = 8  # 2**-127 is the smallest power of two float32 still holds (as a subnormal)
+_DEFAULT = ShiftOptions()  # the modules' keyword defaults
 _SQRT_HALF = 2.0**-0.5
 _THRESHOLDS: dict = {}
 
@@ -99,32 +108,7 @@ def _sqrt_half_threshold(dtype: torch.dtype) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# Option validation
-
-
-def _check_weight_bits(weight_bits) -> int:
-    return _check_int("weight_bits", weight_bits, 2, MAX_WEIGHT_BITS)
-
-
-def _check_max_shift(max_shift) -> int:
-    return _check_int("max_shift", max_shift, -16, 16)
-
-
-def _check_act_bits(integer_bits, fraction_bits) -> tuple[int | None, int | None]:
-    if integer_bits is None and fraction_bits is None:
-        return None, None
-    if integer_bits is None or fraction_bits is None:
-        field = "act_integer_bits" if integer_bits is None else "act_fraction_bits"
-        raise ConfigError(field, None, "allowed: set act_integer_bits and act_fraction_bits together, or neither")
-    _check_int("act_integer_bits", integer_bits, 1, 32)
-    _check_int("act_fraction_bits", fraction_bits, 0, 31)
-    if integer_bits + fraction_bits > 32:
-        raise ConfigError(
-            "act_fraction_bits",
-            fraction_bits,
-            f"allowed: act_integer_bits + act_fraction_bits <= 32 (integer bits {integer_bits})",
-        )
-    return integer_bits, fraction_bits
+# Option validation (the options themselves: nas.ops.registry.ShiftOptions)
 
 
 def _check_generator(generator):
@@ -135,9 +119,9 @@ def _check_generator(generator):
 
 def shift_range(weight_bits: int = 5, shift_type: str = "Q", max_shift: int = 0) -> tuple[int, int]:
     """The allowed shifts ``(lo, hi)``: 2**(b-1) values for Q (binary sign), one fewer for PS (ternary)."""
-    _check_weight_bits(weight_bits)
-    _check_choice("shift_type", shift_type, SHIFT_TYPES)
-    _check_max_shift(max_shift)
+    check_weight_bits(weight_bits)
+    check_choice("shift_type", shift_type, SHIFT_TYPES)
+    check_max_shift(max_shift)
     levels = 2 ** (weight_bits - 1) - (1 if shift_type == "Q" else 2)
     return max_shift - levels, max_shift
 
@@ -254,7 +238,7 @@ def shift_weight_q(
     was computed from (e.g. a remapped slice of a shared tensor).
     """
     lo, hi = shift_range(weight_bits, "Q", max_shift)
-    _check_choice("rounding", rounding, ROUNDINGS)
+    check_choice("rounding", rounding, ROUNDINGS)
     return _PowerOfTwoQ.apply(weight, lo, hi, _uniform(weight, rounding, _check_generator(generator)))
 
 
@@ -268,14 +252,26 @@ def shift_weight_ps(
 ) -> torch.Tensor:
     """DeepShift-PS weight ``sign(round(sign)) * 2**round(clamp(shift))`` with DeepShift's gradients."""
     lo, hi = shift_range(weight_bits, "PS", max_shift)
-    _check_choice("rounding", rounding, ROUNDINGS)
+    check_choice("rounding", rounding, ROUNDINGS)
     u = _uniform(shift, rounding, _check_generator(generator), draws=2)  # one draw for the shift, one for the sign
     return _PowerOfTwoPS.apply(shift, sign, lo, hi, u)
 
 
+def shift_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
+                 groups: int = 1, **options) -> torch.Tensor:
+    """``F.conv2d`` with ``weight`` rounded to powers of two (``shift_weight_q(weight, **options)``):
+    the functional shift convolution of hybrid layers (``OpKind.apply_conv``)."""
+    return F.conv2d(x, shift_weight_q(weight, **options), bias, stride, padding, dilation, groups)
+
+
+def shift_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **options) -> torch.Tensor:
+    """``F.linear`` with ``weight`` rounded to powers of two (the functional shift linear layer)."""
+    return F.linear(x, shift_weight_q(weight, **options), bias)
+
+
 def fixed_point(x: torch.Tensor, integer_bits: int, fraction_bits: int) -> torch.Tensor:
     """``x`` truncated to two's complement fixed point (I integer bits incl. sign, F fraction bits), STE."""
-    _check_act_bits(integer_bits, fraction_bits)
+    check_act_bits(integer_bits, fraction_bits)
     return _FixedPoint.apply(x, integer_bits, fraction_bits)
 
 
@@ -313,11 +309,9 @@ class _ShiftMixin:
         self, shape, bias, factory, *, shift_type, weight_bits, rounding, act_integer_bits, act_fraction_bits,
         max_shift, generator,
     ) -> None:  # fmt: skip
-        self.shift_type = _check_choice("shift_type", shift_type, SHIFT_TYPES)
-        self.weight_bits = _check_weight_bits(weight_bits)
-        self.rounding = _check_choice("rounding", rounding, ROUNDINGS)
-        self.act_integer_bits, self.act_fraction_bits = _check_act_bits(act_integer_bits, act_fraction_bits)
-        self.max_shift = _check_max_shift(max_shift)
+        o = ShiftOptions(shift_type, weight_bits, rounding, act_integer_bits, act_fraction_bits, max_shift)  # validates
+        self.shift_type, self.weight_bits, self.rounding, self.max_shift = o.shift_type, o.weight_bits, o.rounding, o.max_shift
+        self.act_integer_bits, self.act_fraction_bits = o.act_integer_bits, o.act_fraction_bits
         self.generator = _check_generator(generator)  # not state: a Generator is not saved
         self.shift_bounds = shift_range(self.weight_bits, self.shift_type, self.max_shift)
         if self.shift_type == "Q":
@@ -328,7 +322,7 @@ class _ShiftMixin:
         self.bias = nn.Parameter(torch.empty(shape[0], **factory)) if bias else None
 
     def reset_parameters(self) -> None:
-        fan_in = _numel(self._weight_shape[1:])
+        fan_in = numel(self._weight_shape[1:])
         if self.shift_type == "Q":
             nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d / nn.Linear init
         else:
@@ -391,16 +385,16 @@ class ShiftConv2d(_ShiftMixin, nn.Module):
         device=None,
         dtype=None,
         *,
-        shift_type: str = "Q",
-        weight_bits: int = 5,
-        rounding: str = "deterministic",
-        act_integer_bits: int | None = None,
-        act_fraction_bits: int | None = None,
-        max_shift: int = 0,
+        shift_type: str = _DEFAULT.shift_type,
+        weight_bits: int = _DEFAULT.weight_bits,
+        rounding: str = _DEFAULT.rounding,
+        act_integer_bits: int | None = _DEFAULT.act_integer_bits,
+        act_fraction_bits: int | None = _DEFAULT.act_fraction_bits,
+        max_shift: int = _DEFAULT.max_shift,
         generator: torch.Generator | None = None,
     ):
         nn.Module.__init__(self)
-        self._weight_shape = _conv_config(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
+        self._weight_shape = conv_config(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
         self._init_shift(
             self._weight_shape, bias, {"device": device, "dtype": dtype}, shift_type=shift_type,
             weight_bits=weight_bits, rounding=rounding, act_integer_bits=act_integer_bits,
@@ -414,11 +408,11 @@ class ShiftConv2d(_ShiftMixin, nn.Module):
             return F.conv2d(x, self.effective_weight(), bias, self.stride, self.padding, self.dilation, self.groups)
 
     def count_ops(self, out_shape) -> dict[str, int]:
-        k = _conv_terms(self.in_channels, self.groups, self.kernel_size)
-        return op_counts("shift", k, _numel(out_shape), self.bias is not None)
+        k = conv_terms(self.in_channels, self.groups, self.kernel_size)
+        return get_kind("shift").counting.counts(k, numel(out_shape), self.bias is not None)
 
     def extra_repr(self) -> str:
-        return _conv_repr(self) + self._shift_repr()
+        return conv_repr(self) + self._shift_repr()
 
 
 class ShiftLinear(_ShiftMixin, nn.Module):
@@ -432,17 +426,17 @@ class ShiftLinear(_ShiftMixin, nn.Module):
         device=None,
         dtype=None,
         *,
-        shift_type: str = "Q",
-        weight_bits: int = 5,
-        rounding: str = "deterministic",
-        act_integer_bits: int | None = None,
-        act_fraction_bits: int | None = None,
-        max_shift: int = 0,
+        shift_type: str = _DEFAULT.shift_type,
+        weight_bits: int = _DEFAULT.weight_bits,
+        rounding: str = _DEFAULT.rounding,
+        act_integer_bits: int | None = _DEFAULT.act_integer_bits,
+        act_fraction_bits: int | None = _DEFAULT.act_fraction_bits,
+        max_shift: int = _DEFAULT.max_shift,
         generator: torch.Generator | None = None,
     ):
         nn.Module.__init__(self)
-        self.in_features = _check_int("in_features", in_features, 1)
-        self.out_features = _check_int("out_features", out_features, 1)
+        self.in_features = check_int("in_features", in_features, 1)
+        self.out_features = check_int("out_features", out_features, 1)
         self._weight_shape = (out_features, in_features)
         self._init_shift(
             self._weight_shape, bias, {"device": device, "dtype": dtype}, shift_type=shift_type,
@@ -457,7 +451,7 @@ class ShiftLinear(_ShiftMixin, nn.Module):
             return F.linear(x, self.effective_weight(), bias)
 
     def count_ops(self, out_shape) -> dict[str, int]:
-        return op_counts("shift", self.in_features, _numel(out_shape), self.bias is not None)
+        return get_kind("shift").counting.counts(self.in_features, numel(out_shape), self.bias is not None)
 
     def extra_repr(self) -> str:
         s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

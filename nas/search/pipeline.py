@@ -38,6 +38,7 @@ from nas.arch import Arch
 from nas.cost.budget import Budget, parse_budget
 from nas.errors import ConfigError, InfeasibleBudgetError, check_keys
 from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_checkpoint, note, set_aside
+from nas.ops.registry import mf_kinds
 from nas.rundir import check_config_hash, config_hash, heal_search_dir, is_writer, read_json, read_run_config
 from nas.space import SearchSpace, TargetSpace
 
@@ -114,8 +115,8 @@ class SearchConfig:
             raise ConfigError("--preset", self.preset, f"allowed: {', '.join(PRESETS)}")
         if self.task not in TASKS:
             raise ConfigError("--task", self.task, f"allowed: {', '.join(TASKS)}")
-        if self.op not in ("shift", "add"):
-            raise ConfigError("--op", self.op, "allowed: shift, add (the TargetNet is multiplication-free)")
+        if self.op not in mf_kinds():
+            raise ConfigError("--op", self.op, f"allowed: {', '.join(mf_kinds())} (the TargetNet is multiplication-free)")
         parse_budget(self.budget)
         d = dataclasses.asdict(self)
         preset = {**PRESET_DEFAULTS, **PRESETS[self.preset]}
@@ -186,7 +187,7 @@ class SearchRun:
 
     # ------------------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from nas.cost.lut import energy_table
+        from nas.cost.tables import energy_table
         from nas.data import build_loaders, calibration_batches
         from nas.search.evaluator import Pricer
 
@@ -467,7 +468,7 @@ def space_cost_range(space: SearchSpace, op: str, budget: Budget, hardware=None,
     """Cost of the cheapest and of the dearest network of ``space`` with operator ``op``, in the
     budget's unit: from the space's shipped table when it was built for this hardware and width
     (rows it lacks are priced in memory), else from the energy model. Writes nothing."""
-    from nas.cost.lut import shipped_energy_table
+    from nas.cost.tables import shipped_energy_table
     from nas.search.evaluator import Pricer
 
     pricer = Pricer(budget, op, shipped_energy_table(space, hardware, bits), hardware, bits)

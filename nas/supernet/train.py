@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from nas.errors import ConfigError
 from nas.io import atomic_write_json
+from nas.ops.registry import get_kind
 from nas.space import SearchSpace, TargetSpace
 from nas.supernet.net import DynamicNet
 from nas.train.distributed import Distributed
@@ -47,8 +48,7 @@ class SupernetTrainer(TrainLoop):
                  seed: int = 0, remap: str = "cdf-fc", op_options: dict | None = None, weight_decay: float = 4e-5,
                  label_smoothing: float = 0.1, progress: bool = True, device: str | torch.device | None = "cpu",
                  precision: str = "fp32", dist: Distributed | None = None):
-        if op not in ("shift", "add", "mult"):
-            raise ConfigError("op", op, "allowed: shift, add, mult")
+        get_kind(op)  # a registered operator kind, or a ConfigError naming them
         steps = len(loaders.train)
         super().__init__(loaders, epochs=epochs, lr=lr, warmup_steps=min(steps, epochs * steps // 4), seed=seed,
                          weight_decay=weight_decay, device=device, precision=precision, dist=dist, progress=progress)

@@ -36,6 +36,7 @@ import torch
 from nas.arch import Arch
 from nas.errors import ConfigError
 from nas.io import atomic_savefig, atomic_write_json, atomic_write_text
+from nas.ops.registry import get_kind, op_kinds
 from nas.rundir import check_config_hash, config_hash, heal_csv, read_run_config
 from nas.supernet.net import DynamicNet, sort_channels
 from nas.train.augment import Augmenter, AugSpec, MutationSchedule, subnet_for
@@ -123,7 +124,7 @@ class TrainConfig:
         from nas.arch import TASKS
         from nas.data.loader import check_dataset_task
 
-        check("op", self.op in ("mult", "shift", "add"), "allowed: mult, shift, add")
+        check("op", self.op in op_kinds(), f"allowed: {', '.join(op_kinds())}")
         check("task", self.task in TASKS, f"allowed: {', '.join(TASKS)}")
         check_dataset_task(self.dataset, self.task)
         check("aug", self.aug in AUG_KINDS, f"allowed: {', '.join(AUG_KINDS)}")
@@ -151,9 +152,10 @@ class TrainConfig:
 
     @property
     def mutation_fraction(self) -> float:
+        mf = get_kind(self.op).multiplication_free  # mutation turns multiplicative units into the target's MF ones
         if self.mutation is not None:
-            return self.mutation if self.op != "mult" else 0.0
-        return 1 / 3 if (self.aug == "shiftaddaug" and self.op != "mult") else 0.0
+            return self.mutation if mf else 0.0
+        return 1 / 3 if (self.aug == "shiftaddaug" and mf) else 0.0
 
     @property
     def op_options(self) -> dict:
@@ -282,11 +284,8 @@ class Trainer(TrainLoop):
         sd = super().check_state(sd)
         # another configuration's checkpoint (a reused directory) stops here with one line; the
         # device is not part of it (``--resume DIR --device X`` moves a run on purpose)
-        def identity(d: dict) -> dict:
-            return {k: v for k, v in d.items() if k != "device"}
-
-        recorded = config_hash(identity(sd["config"])) if "config" in sd else None
-        check_config_hash(recorded, identity(self.cfg.to_dict()), "checkpoint")
+        recorded = config_hash(sd["config"]) if "config" in sd else None
+        check_config_hash(recorded, self.cfg.to_dict(), "checkpoint")
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
