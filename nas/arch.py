@@ -168,7 +168,7 @@ class SegHeadSpec:
     """An LR-ASPP-style segmentation head (MobileNetV3's "Lite Reduced ASPP"), see docs/segmentation.md.
 
     Low-resolution branch on the backbone's last features ``x`` (after the feature mix, if any):
-    ``cbr(x) * sigmoid(scale(avgpool(x)))`` with ``cbr`` a 1x1 conv + BN + ``act`` to ``channels``
+    ``cbr(x) * hardsigmoid(scale(avgpool(x)))`` with ``cbr`` a 1x1 conv + BN + ``act`` to ``channels``
     hidden channels (operator ``op``) and ``scale`` a 1x1 conv + BN on the pooled map (operator
     ``gate_op``); a 1x1 classifier (the Arch's ``classifier.op``, with bias) turns it into class
     logits, which are upsampled bilinearly to the skip's size and added to a 1x1 classifier of the

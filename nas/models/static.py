@@ -83,7 +83,8 @@ class SegHead(nn.Module):
     """The LR-ASPP-style segmentation head of ``Arch.seg_head`` (``seg_logits`` is its forward).
 
     ``cbr``: 1x1 conv + BN + act on the last features; ``scale``: 1x1 conv + BN on their global
-    average (the gate, through a sigmoid); ``high_classifier`` / ``low_classifier``: 1x1 convs with
+    average (the gate, through a hard sigmoid as in the SE blocks: piecewise linear, no exponential
+    to compute on an MF device); ``high_classifier`` / ``low_classifier``: 1x1 convs with
     bias on the gated branch and on the skip."""
 
     def __init__(self, arch: Arch, cin: int, skip_in: int, op_options: dict | None = None):
@@ -101,7 +102,7 @@ def seg_logits(head: nn.Module, x: torch.Tensor, skip: torch.Tensor, size: tuple
     The high branch is classified at its own (low) resolution and its class logits upsampled:
     for a linear classifier (mult or shift: bilinear weights sum to one) this equals LR-ASPP's
     upsample-then-classify, on ``num_classes`` instead of ``channels`` channels."""
-    gate = torch.sigmoid(head.scale(F.adaptive_avg_pool2d(x, 1)))
+    gate = F.hardsigmoid(head.scale(F.adaptive_avg_pool2d(x, 1)))
     y = upsample(head.high_classifier(head.cbr(x) * gate), skip.shape[-2:])
     return upsample(y + head.low_classifier(skip), size)
 
