@@ -1,7 +1,9 @@
 """Does ShiftAddAug help a tiny multiplication-free *segmentation* network? Measured on mnistseg.
 
-For each MF operator (shift, add) and seed, trains the same segmentation TargetNet (a zoo backbone
-with the LR-ASPP head, ``--task segmentation``) for equal epochs:
+For each MF operator (shift, add) and seed, trains the same segmentation TargetNet for equal epochs
+(default: the smallest network of the seg64 space, ``search_spaces/seg64.yaml``: output stride 16,
+LR-ASPP head with its skip at stride 4 and 32 hidden channels, 1.0M MACs; ``--arch`` takes
+``seg64:min``, ``seg64:max``, an Arch JSON file or a zoo model name, which gets the default head):
 
 * ``direct``       the MF network alone (``--aug none``)
 * ``shiftaddaug``  hybrid multiplicative augmentation + weight remap (``--aug shiftaddaug``)
@@ -11,8 +13,8 @@ and writes a mean +- std table of test mIoU (and pixel accuracy) to
 ``benchmarks/results/segmentation.md`` (every run to ``segmentation.json``, so an interrupted
 benchmark resumes where it stopped).
 
-    python benchmarks/segmentation.py                         # mbv2-tiny, 64 px, 3 epochs of 1024 canvases, 3 seeds
-    python benchmarks/segmentation.py --jobs 2 --epochs 1     # quicker
+    python benchmarks/segmentation.py --jobs 2                # seg64:min, 64 px, 5 epochs of 1024 canvases, 3 seeds
+    python benchmarks/segmentation.py --arch mbv2-tiny --epochs 1
 """
 
 from __future__ import annotations
@@ -42,7 +44,17 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(1)
     from nas.train.trainer import TrainConfig, Trainer
 
-    cfg = TrainConfig(task="segmentation", dataset="mnistseg", model=job["model"], op=job["op"], epochs=job["epochs"],
+    src = job["model"]
+    if src.startswith("seg64:"):
+        from nas.space import SearchSpace
+
+        sp = SearchSpace.load("seg64")
+        path = Path(job["workdir"]) / f"{src.replace(':', '-')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (sp.min_arch() if src.endswith("min") else sp.max_arch()).replace(name=src.replace(":", "-")).save(path)
+        src = str(path)
+    where = dict(arch=src, model=None) if src.endswith(".json") else dict(model=src)
+    cfg = TrainConfig(task="segmentation", dataset="mnistseg", **where, op=job["op"], epochs=job["epochs"],
                       seed=job["seed"], batch_size=32, max_train_images=job["images"],
                       **METHODS.get(job["method"], dict(aug="none", remap="none")))
     out = Path(job["workdir"]) / f"{job['op']}-{job['method']}-s{job['seed']}"
@@ -58,8 +70,8 @@ def key(job: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="mbv2-tiny")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--arch", dest="model", default="seg64:min", help="seg64:min, seg64:max, an Arch JSON file or a zoo model")
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--images", type=int, default=1024, help="training canvases per epoch (of 4000)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--ops", default="shift,add")
@@ -104,7 +116,7 @@ def render(rows: list[dict], args, wall_s: float) -> str:
         return f"{statistics.mean(v):.2f} ± {sd:.2f} (n={len(v)})"
 
     lines = [
-        f"Test mIoU (%) of {args.model} + LR-ASPP head at 64x64 on mnistseg (500 test canvases, 11 classes), "
+        f"Test mIoU (%) of {args.model} (LR-ASPP head) at 64x64 on mnistseg (500 test canvases, 11 classes), "
         f"{args.epochs} epochs of {args.images} training canvases, mean ± std over seeds (pixel accuracy in brackets below).",
         "",
         "| operator | " + " | ".join(METHODS) + " |",
@@ -117,7 +129,7 @@ def render(rows: list[dict], args, wall_s: float) -> str:
         lines.append(f"| {op} | " + " | ".join(cell(op, m, "test_pixel_acc") for m in METHODS) + " |")
     lines += ["", f"Multiplicative reference (same network, `--op mult --aug none`): mIoU {cell('mult', 'mult')}, "
               f"pixel accuracy {cell('mult', 'mult', 'test_pixel_acc')}", "",
-              f"Command: `python benchmarks/segmentation.py --epochs {args.epochs} --images {args.images} --seeds {args.seeds} "
+              f"Command: `python benchmarks/segmentation.py --arch {args.model} --epochs {args.epochs} --images {args.images} --seeds {args.seeds} "
               f"--jobs {args.jobs}`; machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"one torch thread per run; this invocation took {wall_s / 60:.1f} min.", ""]
     return "\n".join(lines)

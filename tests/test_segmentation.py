@@ -385,6 +385,7 @@ def test_train_cost_export_end_to_end(tmp_path, capsys):
                        "shiftaddaug", "--epochs", "1", "--max-train-images", "64", "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["task"] == "segmentation" and 0 <= s["test_miou"] <= 100 and 0 <= s["test_pixel_acc"] <= 100
+    assert s["export"]["max_abs_logit_diff"] < 1e-4  # exported TargetNet == the trained model in target mode
     head = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "val_miou" in head and "val_pixel_acc" in head
     capsys.readouterr()
@@ -395,3 +396,42 @@ def test_train_cost_export_end_to_end(tmp_path, capsys):
     assert export_main([str(out), "--format", "onnx"]) == 0
     assert (out / "target" / "model.onnx").is_file()
     assert export_main([str(out), "--format", "c"]) == 2
+
+
+# ------------------------------------------------------------------------------------ ONNX
+@pytest.mark.parametrize("op", ["shift", "add"])
+def test_onnx_round_trip(tmp_path, op):
+    pytest.importorskip("onnxruntime")
+    from nas.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    net = build_model(tiny_seg(op)).eval()
+    info = export_onnx(net, tmp_path / "seg.onnx", 16)  # checks onnxruntime against PyTorch
+    assert "Resize" in info["ops"] and info["max_abs_diff"] <= info["tolerance"]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "seg.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 16, 16)
+    y = torch.from_numpy(sess.run(["logits"], {"input": x.numpy()})[0])
+    with torch.no_grad():
+        ref = net(x)
+    assert y.shape == (3, 3, 16, 16)
+    assert torch.allclose(y, ref, atol=1e-4 * float(ref.abs().max().clamp_min(1)))
+
+
+def test_shipped_seg64_energy_table_is_complete_and_exact():
+    import random
+
+    from nas.cost.energy import price_arch
+    from nas.cost.tables import shipped_energy_table
+    from nas.space import SearchSpace
+
+    sp = SearchSpace.load("seg64")
+    t = shipped_energy_table(sp)
+    assert t is not None
+    rng = random.Random(1)
+    for _ in range(5):
+        a = sp.sample(rng)
+        for op in ("mult", "shift", "add"):
+            v = a.with_ops(op)
+            assert t.price(v).total("energy_mJ") == pytest.approx(price_arch(v).energy_mJ, rel=1e-9)  # no missing row
