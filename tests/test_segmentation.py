@@ -435,3 +435,41 @@ def test_shipped_seg64_energy_table_is_complete_and_exact():
         for op in ("mult", "shift", "add"):
             v = a.with_ops(op)
             assert t.price(v).total("energy_mJ") == pytest.approx(price_arch(v).energy_mJ, rel=1e-9)  # no missing row
+
+
+# ------------------------------------------------------------------------------------ training
+def test_augmentation_widens_the_head_and_keeps_the_target():
+    import random
+
+    from nas.train.augment import Augmenter, AugSpec, subnet_for
+
+    t = tiny_seg("add").replace(resolution=64)
+    sub, tb = subnet_for(t, 1)
+    aug = Augmenter(t, tb, sub, AugSpec(width_mults=(1.0, 2.0), stop_width=0.5))
+    widths = {aug.sample(random.Random(s), 0.1)[0].seg_head.channels for s in range(8)}
+    assert min(widths) >= 6 and max(widths) > 6  # the head's hidden channels are augmented, never below the target's
+    a, _ = aug.sample(random.Random(0), 0.9)
+    assert a.seg_head.skip_stage == t.seg_head.skip_stage and a.is_segmentation
+
+
+@pytest.mark.parametrize("aug, op", [("shiftaddaug", "add"), ("shiftaddaug", "shift")])
+def test_hybrid_training_exports_the_target(tmp_path, aug, op):
+    from nas.export import load_exported
+    from nas.train.trainer import TrainConfig, Trainer
+
+    p = tmp_path / "tiny.json"
+    tiny_seg().replace(resolution=64).save(p)
+    cfg = TrainConfig(task="segmentation", dataset="mnistseg", model=None, arch=str(p), op=op, aug=aug, epochs=1,
+                      batch_size=16, max_train_images=32, bn_images=32, width_mults=(1.0, 1.5), expand_mults=(1.0, 1.5))
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    s = tr.fit()
+    assert s["export"]["max_abs_logit_diff"] < 1e-4
+    model = load_exported(tmp_path / "run" / "target")
+    meta = json.loads((tmp_path / "run" / "target" / "meta.json").read_text())
+    dw = ["stages.0.0.dw.conv", "stages.1.0.dw.conv"] if op == "add" else []  # Add networks multiply in depthwise convs
+    assert meta["multiplicative_layers"] == dw + ["head.high_classifier", "head.low_classifier"]
+    x = torch.randn(2, 3, 64, 64)
+    tr.net.set_active_subnet(tr.target, tr.target_blocks)
+    tr.net.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), tr.net(x), atol=1e-5)
