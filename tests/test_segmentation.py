@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from nas.arch import Arch, SegHeadSpec, to_segmentation
+from nas.arch import Arch, to_segmentation
 from nas.cost.counting import count_module_ops, count_ops
 from nas.cost.layers import arch_layers
 from nas.errors import ConfigError
 from nas.models import build_model, zoo_arch
-from nas.train.tasks import IGNORE_INDEX, ConfusionMatrix, task_of
+from nas.train.tasks import ConfusionMatrix, task_of
 
 
 @pytest.fixture(autouse=True)
@@ -161,7 +161,7 @@ def test_output_resolution_is_part_of_the_price():
 
     base = to_segmentation(zoo_arch("mbv2-tiny", "add", 64, 11))
     big = to_segmentation(zoo_arch("mbv2-tiny", "add", 128, 11))
-    up = lambda a: next(r for r in count_ops(a).rows if r.layer.name == "head.up_out")  # noqa: E731
+    up = lambda a: next(r for r in count_ops(a).rows if r.layer.name == "head.up_out")
     assert up(big).mults == 4 * up(base).mults
     e = {L.name: en.energy_mJ for L, en in price_arch(base).rows}
     assert e["head.cbr"] > 0 and e["head.low_classifier"] > 0 and e["head.up_out"] == 0  # upsampling not charged
