@@ -43,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch < 1:
         raise ConfigError("--batch", args.batch, "expected a positive integer")
     arch = resolve_arch(args)
+    if args.deploy:  # refused before any output
+        from nas.codegen.intnet import check_task
+
+        check_task(arch)
     hw = load_hardware(args.hardware)
     report = count_ops(arch, batch=args.batch)
     price = price_arch(arch, hw, bits=args.bits, batch=args.batch)
@@ -99,6 +103,6 @@ def _cost_table(report, price) -> str:
     lines.append(
         f"energy: {price.energy_mJ:.4f} mJ (compute {b['compute_mJ']:.4f}, DRAM {b['dram_mJ']:.4f}, buffer {b['gb_mJ']:.4f}, "
         f"NoC {b['noc_mJ']:.4f}, RF {b['rf_mJ']:.4f}); latency {price.latency_ms:.4f} ms "
-        f"({price.hardware}, {price.bits} bit; BN, activations, pooling and residual adds are not charged)"
+        f"({price.hardware}, {price.bits} bit; BN, activations, pooling, residual adds and upsampling are not charged)"
     )
     return "\n".join(lines)

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  shiftaddaug search                               # the default job: quick preset, bundled data\n"
         "  shiftaddaug search --budget 0.015mJ --op add\n"
+        "  shiftaddaug search --task segmentation --budget 0.05mJ --op add   # space seg64, mnistseg, mIoU objective\n"
         "  shiftaddaug search --budget 20mJ --preset paper --dataset cifar100 --data-root ~/data/cifar-100-python\n"
         "  shiftaddaug search --budget 20mJ --preset imagenet --op add --dry-run   # where the budget lies, no data read\n"
         "  shiftaddaug search --budget 20mJ --preset imagenet --data-root ~/data/imagenet   # train/ and val/ class folders\n"
@@ -66,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.quiet = args.quiet or args.json  # stdout carries the JSON object only
     configure_logging(verbosity(args))
-    from nas.search.pipeline import SearchConfig, SearchRun, budget_preview, preview_text
+    from nas.search.pipeline import SearchConfig, SearchRun, budget_preview
+    from nas.search.report import preview_text
     from nas.train.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
@@ -112,16 +114,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _search_table(run, s: dict) -> str:
-    from nas.search.pipeline import binds_in_text
+    from nas.search.report import binds_in_text
 
+    obj = s.get("objective", "accuracy")
+    label = "mIoU" if obj == "miou" else obj
     rows = [
         ("run directory", str(run.out)),
         ("budget", f"{s['budget']}" + ("" if s["budget_binding"] else f"  (does not bind: the largest network costs {s['space_cost_range'][1]:.4g}; "
                                                                       f"{binds_in_text({'binds_in': s['binds_in'], 'op': s['op'], 'unit': run.budget.unit})})")),
         ("TargetNet cost", f"{s['energy_mJ']:.4g} mJ, {s['latency_ms']:.4g} ms  ({'meets' if s['meets_budget'] else 'MISSES'} the budget)"),
         ("TargetNet size", f"{s['macs'] / 1e6:.3f} M MACs, {s['params'] / 1e6:.4f} M params, operator {s['op']}"),
-        ("accuracy", f"test {s['accuracy']['test']:.2f}%  val {s['accuracy']['val']:.2f}%  (supernet estimate {s['accuracy']['supernet_estimate']:.2f}%)"),
-        ("SubNet", f"x{s['subnet']['multiple']} budget, {s['subnet']['cost']:.4g}, supernet accuracy {s['subnet']['supernet_accuracy']:.2f}%"),
+        (label, f"test {s[obj]['test']:.2f}%  val {s[obj]['val']:.2f}%  (supernet estimate {s[obj]['supernet_estimate']:.2f}%)"),
+        ("SubNet", f"x{s['subnet']['multiple']} budget, {s['subnet']['cost']:.4g}, supernet {label} {s['subnet'][f'supernet_{obj}']:.2f}%"),
         ("exported", s["paths"]["arch"].rsplit("/", 1)[0] + "/  (arch.json, weights.pt, cost.json)"),
         ("report", f"{s['paths']['report']}, {s['paths']['pareto']}"),
         ("wall time", f"{s['time_s']:.0f} s"),

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "trains the same run again. Also installed as shiftaddaug-train.",
         epilog="examples:\n"
         "  shiftaddaug train --model mbv2-tiny --op shift --aug shiftaddaug --epochs 10\n"
+        "  shiftaddaug train --task segmentation --dataset mnistseg --model mbv2-tiny --op add --epochs 5   # LR-ASPP head, mIoU\n"
         "  shiftaddaug train --model mcunet --op add --aug none --dataset cifar10 --data-root ~/data/cifar-10-batches-py\n"
         "  shiftaddaug train --model mbv2-w0.35 --op add --dataset cifar100 --data-root ~/data --resolution 160 \\\n"
         "      --device cuda --precision bf16 --workers 4\n"
@@ -141,7 +142,9 @@ def summary_text(out: Path, s: dict) -> str:
     return "\n".join([
         f"run directory   {out}",
         f"TargetNet       {s['target']} ({s['op']}, trained with aug={s['aug']}, remap={s['remap']}, {s['epochs']} epochs)",
-        f"accuracy        val {s['val_acc']:.2f}%   test {s['test_acc']:.2f}%",
+        (f"mIoU            val {s['val_miou']:.2f}%   test {s['test_miou']:.2f}%   "
+         f"(pixel accuracy val {s['val_pixel_acc']:.2f}%, test {s['test_pixel_acc']:.2f}%)"
+         if s.get("task") == "segmentation" else f"accuracy        val {s['val_acc']:.2f}%   test {s['test_acc']:.2f}%"),
         f"exported        {ex['dir']}  ({cost}; max |logit diff| vs trained model {ex['max_abs_logit_diff']:.1e})",
         f"time            {s['train_time_s']:.0f}s",
     ])

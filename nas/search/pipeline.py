@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas.arch import Arch
+from nas.arch import TASKS, Arch
 from nas.config import from_mapping, knob
 from nas.cost.budget import Budget, parse_budget
 from nas.errors import ConfigError, InfeasibleBudgetError, check_keys
@@ -43,6 +43,7 @@ from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_ch
 from nas.ops.registry import mf_kinds
 from nas.rundir import check_config_hash, config_hash, heal_search_dir, is_writer, read_json, read_run_config
 from nas.search.executor import DataSpec, Executor, LocalExecutor, StageTwoJob, SupernetJob, TargetJob
+from nas.search.report import binds_in_text, objective_label, pareto_front, preview_text, search_report  # noqa: F401 (preview_text: public here too)
 from nas.space import SearchSpace, TargetSpace
 from nas.train.loop import DEVICE_HELP
 from nas.train.trainer import MethodConfig
@@ -61,9 +62,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenet": dict(space="mobile224", dataset="folder", supernet_epochs=120, population=100, generations=20, trials=300,
                      final_epochs=150, batch_size=256, lr=0.1, eval_images=10000, bn_images=2000, max_train_images=None),
 }
+# --task segmentation: what changes in a preset (None: the preset has no segmentation space, give
+# --space). quick: seg64 at 64 px on the bundled mnistseg, 1000 training canvases (4x the pixels
+# of mnist5k's images per canvas) and 200-image evaluations, so the search stays within minutes.
+TASK_PRESETS: dict[str, dict[str, dict[str, Any] | None]] = {
+    "segmentation": {
+        "quick": dict(space="seg64", dataset="mnistseg", max_train_images=1000, eval_images=200, bn_images=200),
+        "paper": None,
+        "imagenet": None,
+    },
+}
 DEFAULT_DATASET = "mnist5k"  # when neither --dataset nor the preset names one
 # Class counts of the datasets that fix theirs; a folder's is known only once it is read.
-DATASET_CLASSES = {"mnist5k": 10, "cifar10": 10, "cifar100": 100}
+DATASET_CLASSES = {"mnist5k": 10, "cifar10": 10, "cifar100": 100, "mnistseg": 11, "voc": 21}
 LOG_AXIS_SPAN = 10.0  # the Pareto plot's cost axis turns logarithmic when candidates span more than this factor
 PRESET_DEFAULTS: dict[str, Any] = {"warmup_epochs": 1.0}  # what a preset that does not say uses
 STATE_VERSION = 1
@@ -124,22 +135,36 @@ class SearchConfig(MethodConfig):
                           help="fp32, or bf16 / fp16 autocast of the multiplicative layers (faster on GPUs); "
                           "multiplication-free layers always compute in fp32; fp16 adds loss scaling")
     workers: int = knob(0, metavar="N", group=DATA, help="data loader worker processes")
+    task: str = knob("classification", choices=lambda: TASKS, group=SEARCH,
+                     help="segmentation: a segmentation space (quick preset: seg64, 64 px) and dataset (default mnistseg), "
+                     "mIoU as the objective of both stages (docs/segmentation.md)")
 
     def resolved(self) -> "SearchConfig":
         """Fill every unset field from the preset and validate."""
+        from nas.data.loader import check_dataset_task
+
         if self.preset not in PRESETS:
             raise ConfigError("--preset", self.preset, f"allowed: {', '.join(PRESETS)}")
+        if self.task not in TASKS:
+            raise ConfigError("--task", self.task, f"allowed: {', '.join(TASKS)}")
         if self.op not in mf_kinds():
             raise ConfigError("--op", self.op, f"allowed: {', '.join(mf_kinds())} (the TargetNet is multiplication-free)")
         parse_budget(self.budget)
         d = dataclasses.asdict(self)
         preset = {**PRESET_DEFAULTS, **PRESETS[self.preset]}
+        if self.task in TASK_PRESETS:
+            over = TASK_PRESETS[self.task][self.preset]
+            if over is None and self.space is None:
+                raise ConfigError("--space", None, f"the {self.preset} preset has no {self.task} space: give --space "
+                                  f"(a YAML file with task: {self.task}; shipped: seg64, the quick preset's)")
+            preset = {**preset, **(over or {"dataset": None})}
         if d["lr"] is None and d["batch_size"] not in (None, preset["batch_size"]):  # linear scaling: the preset's lr is for its batch
             d["lr"] = preset["lr"] * d["batch_size"] / preset["batch_size"]
         for k, v in preset.items():
             if d.get(k) is None:
                 d[k] = v
-        d["dataset"] = d["dataset"] or DEFAULT_DATASET
+        d["dataset"] = d["dataset"] or (DEFAULT_DATASET if self.task == "classification" else "mnistseg")
+        check_dataset_task(d["dataset"], self.task)
         for k in ("supernet_epochs", "population", "generations", "trials", "final_epochs", "batch_size", "eval_images", "bn_images"):
             if not isinstance(d[k], int) or d[k] < 1:
                 raise ConfigError(f"--{k.replace('_', '-')}", d[k], "expected a positive integer")
@@ -153,7 +178,19 @@ class SearchConfig(MethodConfig):
         return c
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["task"] == "classification":  # as before the field existed: runs from then still resume (config hash)
+            del d["task"]
+        return d
+
+
+def load_space(cfg: SearchConfig) -> SearchSpace:
+    """The run's search space; one line when it is for another task than ``cfg.task``."""
+    space = SearchSpace.load(cfg.space)
+    if space.task != cfg.task:
+        raise ConfigError("--space", cfg.space, f"a {space.task} space; --task {cfg.task} needs a {cfg.task} space"
+                          + (" (shipped: seg64)" if cfg.task == "segmentation" else " (shipped: tiny, paper160, mobile224)"))
+    return space
 
 
 class SearchRun:
@@ -196,7 +233,7 @@ class SearchRun:
         from nas.train.loop import resolve_device
 
         c = self.cfg
-        base = SearchSpace.load(c.space)  # bad input fails here, before the run directory exists
+        base = load_space(c)  # bad input fails here, before the run directory exists
         self.device = resolve_device(c.device)
         self.data = DataSpec(c.dataset, c.data_root, base.resolution, c.batch_size, c.seed, c.max_train_images, c.workers)
         self.loaders = self.data.build(self.device)
@@ -307,6 +344,7 @@ class SearchRun:
                          resolution=self.space.resolution, batch_size=c.batch_size, epochs=c.final_epochs, lr=c.lr,
                          seed=c.seed, max_train_images=c.max_train_images, bn_images=c.bn_images,
                          warmup_epochs=min(c.warmup_epochs, c.final_epochs), device=c.device, precision=c.precision, workers=c.workers,
+                         task=c.task,
                          subnet=subnet.to_dict(), target_arch=target["target"], target_blocks=target["blocks"],
                          inherit=str(self.out / "supernet.pt"))
         if (train_dir / "config.json").is_file():  # resume it, if it trains this TargetNet
@@ -372,7 +410,7 @@ class SearchRun:
         infeas = df[df["feasible"] != True]  # noqa: E712
         ax.scatter(infeas["cost"], infeas["accuracy"], c="lightgray", label="over budget", s=18)
         ax.scatter(feas["cost"], feas["accuracy"], c="tab:blue", label="feasible", s=18)
-        front = _pareto(df[["cost", "accuracy"]].values.tolist())
+        front = pareto_front(df[["cost", "accuracy"]].values.tolist())
         if front:
             xs, ys = zip(*front)
             ax.step(xs, ys, where="post", c="tab:blue", alpha=0.5, label="Pareto front")
@@ -382,7 +420,7 @@ class SearchRun:
         if not binds or max(costs) > LOG_AXIS_SPAN * min(costs):
             ax.set_xscale("log")
         ax.set_xlabel(f"{self.budget.metric} of the {self.cfg.op} TargetNet ({self.budget.unit})")
-        ax.set_ylabel("supernet accuracy (%)")
+        ax.set_ylabel(f"supernet {objective_label(self.cfg.task)} (%)")
         ax.set_title(f"stage two: {self.cfg.op} TargetNets cut from the SubNet")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -393,6 +431,10 @@ class SearchRun:
         target = Arch.load(self.out / "target" / "arch.json")
         unit = self.budget.unit
         value = cost["energy_mJ"] if self.budget.metric == "energy" else cost["latency_ms"]
+        from nas.train.tasks import task_of
+
+        obj = "accuracy" if self.cfg.task == "classification" else task_of(self.cfg.task).metric  # the search's objective
+        m = task_of(self.cfg.task).metric
         summary = {
             "schema_version": 1,
             "budget": str(self.budget),
@@ -405,9 +447,12 @@ class SearchRun:
             "meets_budget": value <= self.budget.value * (1 + 1e-9),
             "macs": cost["counts"]["macs"],
             "params": cost["counts"]["params"],
-            "accuracy": {"val": tr["val_acc"], "test": tr["test_acc"], "supernet_estimate": s2["accuracy"]},
+            "objective": obj,
+            obj: {"val": tr[f"val_{m}"], "test": tr[f"test_{m}"], "supernet_estimate": s2["accuracy"]},
+            **({} if self.cfg.task == "classification" else
+               {"task": self.cfg.task, "pixel_acc": {"val": tr["val_pixel_acc"], "test": tr["test_pixel_acc"]}}),
             "subnet": {"arch_id": Arch.from_dict(s1["subnet"]).arch_id, "multiple": s1["multiple"], "cost": s1["cost"],
-                       "supernet_accuracy": s1["accuracy"]},
+                       f"supernet_{obj}": s1["accuracy"]},
             "target_arch_id": target.arch_id,
             "time_s": round(seconds, 1),
             "paths": {k: str(self.out / v) for k, v in {
@@ -416,7 +461,7 @@ class SearchRun:
                 "supernet": "supernet.pt"}.items()},
         }
         atomic_write_json(self.out / "summary.json", summary)
-        atomic_write_text(self.out / "report.md", _report(self, summary, budget_info, target))
+        atomic_write_text(self.out / "report.md", search_report(self, summary, budget_info, target))
         return summary
 
 
@@ -444,17 +489,19 @@ def space_cost_range(space: SearchSpace, op: str, budget: Budget, hardware=None,
     return pricer.cost(space.min_arch()), pricer.cost(space.max_arch())
 
 
-def where_budget_binds(budget: Budget, op: str, hardware=None, bits: int = 32) -> list[dict]:
-    """The shipped spaces (``search_spaces/*.yaml``, each at its own resolution and class count)
-    whose cost range for ``op`` contains ``budget``, with the presets that search them."""
+def where_budget_binds(budget: Budget, op: str, hardware=None, bits: int = 32, task: str = "classification") -> list[dict]:
+    """The shipped spaces of ``task`` (``search_spaces/*.yaml``, each at its own resolution and
+    class count) whose cost range for ``op`` contains ``budget``, with the presets that search them."""
     from nas.paths import SEARCH_SPACES
 
     out = []
     for path in sorted(SEARCH_SPACES.glob("*.yaml")):
         space = SearchSpace.load(path)
+        if space.task != task:
+            continue
         lo, hi = space_cost_range(space, op, budget, hardware, bits)
         if lo <= budget.value < hi:
-            presets = sorted(k for k, v in PRESETS.items() if v["space"] == space.name)
+            presets = sorted(k for k, v in PRESETS.items() if _preset_space(k, task) == space.name)
             out.append({"space": space.name, "presets": presets, "cost_range": [lo, hi]})
     return out
 
@@ -470,7 +517,7 @@ def budget_preview(cfg: SearchConfig, num_classes: int | None = None) -> dict:
     """
     c = cfg.resolved()
     budget = parse_budget(c.budget)
-    base = SearchSpace.load(c.space)
+    base = load_space(c)
     if num_classes is not None:
         source = "dataset"
     elif c.dataset in DATASET_CLASSES:
@@ -480,47 +527,21 @@ def budget_preview(cfg: SearchConfig, num_classes: int | None = None) -> dict:
     space = base.with_task(num_classes=num_classes)
     lo, hi = space_cost_range(space, c.op, budget, c.hardware, c.bits)
     info = {
-        "schema_version": 1, "space": space.name, "preset": c.preset, "op": c.op, "dataset": c.dataset,
+        "schema_version": 1, "space": space.name, "preset": c.preset, "op": c.op, "dataset": c.dataset, "task": c.task,
         "resolution": space.resolution, "num_classes": num_classes, "num_classes_from": source,
         "hardware": c.hardware or "eyeriss-45nm", "bits": c.bits,
         "budget": budget.to_dict(), "metric": budget.metric, "unit": budget.unit,
         "cost_range": [lo, hi], "feasible": budget.value >= lo, "binds": lo <= budget.value < hi,
     }
     if not info["binds"]:
-        info["binds_in"] = where_budget_binds(budget, c.op, c.hardware, c.bits)
+        info["binds_in"] = where_budget_binds(budget, c.op, c.hardware, c.bits, c.task)
     return info
 
 
-def binds_in_text(info: dict) -> str:
-    """One clause naming the shipped presets / spaces where a budget that does not bind would."""
-    places = []
-    for p in info.get("binds_in", []):
-        where = f"preset {' / '.join(p['presets'])} (space {p['space']}, " if p["presets"] else f"space {p['space']} ("
-        places.append(f"{where}{p['cost_range'][0]:.4g} ... {p['cost_range'][1]:.4g} {info['unit']})")
-    if not places:
-        return f"it binds in no shipped space for {info['op']}"
-    return f"it binds for {info['op']} in: " + "; ".join(places)
-
-
-def preview_text(info: dict) -> str:
-    """The human-readable budget preview of ``shiftaddaug-search --dry-run``."""
-    lo, hi = info["cost_range"]
-    unit, b = info["unit"], info["budget"]
-    budget = f"{b['value']:g} {unit}"
-    classes = f"{info['num_classes']} classes" + (" (the space's: a folder's count is known once it is read)"
-                                                   if info["num_classes_from"] == "space" else "")
-    lines = [
-        f"budget {budget} ({info['metric']}), {info['op']} TargetNet, preset {info['preset']}, dataset {info['dataset']}",
-        f"space {info['space']} at {info['resolution']}x{info['resolution']}, {classes}, priced on {info['hardware']} at {info['bits']} bit",
-        f"cost range of the space: {lo:.4g} ... {hi:.4g} {unit} (cheapest ... dearest {info['op']} network)",
-    ]
-    if info["binds"]:
-        lines.append(f"the budget binds: it lies inside the range ({100 * (b['value'] - lo) / (hi - lo):.0f}% of the way up)")
-    elif not info["feasible"]:
-        lines.append(f"the budget cannot be met: the smallest feasible budget is {lo:.4g} {unit}; {binds_in_text(info)}")
-    else:
-        lines.append(f"the budget does not bind: every network of the space costs less; {binds_in_text(info)}")
-    return "\n".join(lines)
+def _preset_space(preset: str, task: str) -> str | None:
+    """The space a preset searches for ``task`` (None: it has none)."""
+    over = TASK_PRESETS.get(task, {}).get(preset, {}) if task in TASK_PRESETS else {}
+    return None if over is None else over.get("space", PRESETS[preset]["space"])
 
 
 def _read_state(path: Path, cfg: SearchConfig) -> dict:
@@ -546,51 +567,3 @@ def _take(batches, n_images: int, seed: int = 0, batch_size: int = 250) -> list:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(y), generator=g)[: min(n_images, len(y))]
     return [(x[idx[i : i + batch_size]], y[idx[i : i + batch_size]]) for i in range(0, len(idx), batch_size)]
-
-
-def _pareto(points: list[list[float]]) -> list[tuple[float, float]]:
-    """Non-dominated (cost low, accuracy high) points, sorted by cost."""
-    front, best = [], float("-inf")
-    for c, a in sorted(points, key=lambda p: (p[0], -p[1])):
-        if a > best:
-            front.append((c, a))
-            best = a
-    return front
-
-
-def _report(run: SearchRun, s: dict, b: dict, target: Arch) -> str:
-    unit = b["unit"]
-    lines = [
-        f"# shiftaddaug-search: {run.out.name}",
-        "",
-        f"Budget **{s['budget']}** ({b['metric']}), operator **{s['op']}**, space `{run.space.name}`, dataset `{run.cfg.dataset}`, preset `{run.cfg.preset}`.",
-        "",
-    ]
-    lo, hi = b["cost_range"]
-    if not b["binds"]:
-        lines += [f"> The budget does not bind: the largest {s['op']} network of the space costs {hi:.4g} {unit}; "
-                  f"{binds_in_text(b)}.", ""]
-    lines += [
-        "| | value |",
-        "|---|---|",
-        f"| TargetNet {b['metric']} | {s['energy_mJ']:.4g} mJ, {s['latency_ms']:.4g} ms ({'meets' if s['meets_budget'] else 'misses'} the budget) |",
-        f"| MACs / params | {s['macs'] / 1e6:.3f} M / {s['params'] / 1e6:.4f} M |",
-        f"| accuracy (test / val) | {s['accuracy']['test']:.2f}% / {s['accuracy']['val']:.2f}% |",
-        f"| supernet estimate before training | {s['accuracy']['supernet_estimate']:.2f}% |",
-        f"| SubNet (stage one) | multiple {s['subnet']['multiple']}, cost {s['subnet']['cost']:.4g} {unit}, supernet accuracy {s['subnet']['supernet_accuracy']:.2f}% |",
-        f"| space cost range | {lo:.4g} ... {hi:.4g} {unit} |",
-        f"| wall time | {s['time_s']:.0f} s |",
-        "",
-        "## TargetNet",
-        "",
-        "```",
-        target.summary(),
-        "```",
-        "",
-        "![stage two](pareto.png)",
-        "",
-        "Files: `target/` (arch.json, weights.pt, cost.json, meta.json), `population.csv` (stage one), "
-        "`trials.csv` (stage two), `train/metrics.csv`, `supernet.pt`.",
-        "",
-    ]
-    return "\n".join(lines)
