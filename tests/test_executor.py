@@ -8,6 +8,9 @@ import json
 import pickle
 from collections import Counter
 
+import pytest
+
+from nas.errors import ConfigError
 from nas.ops.hybrid import HybridConv2d
 from nas.search.executor import LocalExecutor
 from nas.search.pipeline import SearchConfig, SearchRun
@@ -77,3 +80,24 @@ def test_branch_norm_off_reaches_the_supernet_stage(tmp_path):
     job = run.supernet_job()
     assert job.options["branch_norm"] is False
     assert not any(m.branch_norm for m in job.trainer(run.loaders).net.modules() if isinstance(m, HybridConv2d))
+
+
+def test_a_search_begun_before_the_method_knobs_existed_still_resumes(tmp_path):
+    """config.json and state.json as an earlier version wrote them (no method fields in the search's
+    configuration): the run resumes with their defaults instead of refusing a 'mixed' directory."""
+    from nas.rundir import config_hash
+    from nas.train.trainer import MethodConfig
+
+    cfg = SearchConfig(budget="0.02mJ", **TINY).resolved()
+    old = {k: v for k, v in cfg.to_dict().items()
+           if k not in {f for f in MethodConfig.__dataclass_fields__} - {"aug", "remap", "eta"}}
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"schema_version": 1, "kind": "search", "search": old}))
+    (out / "state.json").write_text(json.dumps({"schema_version": 1, "config_hash": config_hash(old), "done": {}}))
+    run = SearchRun.resume(out, progress=False)
+    assert run.cfg.branch_norm is True and run.state["config_hash"] == config_hash(old)
+    # a real mismatch is still refused
+    (out / "state.json").write_text(json.dumps({"schema_version": 1, "config_hash": "0" * 16, "done": {}}))
+    with pytest.raises(ConfigError, match="mixes files of two runs"):
+        SearchRun.resume(out, progress=False)

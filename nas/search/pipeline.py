@@ -553,8 +553,16 @@ def _read_state(path: Path, cfg: SearchConfig) -> dict:
         raise ConfigError(f"{path}.schema_version", st.get("schema_version"), f"this version reads {STATE_VERSION}")
     if not isinstance(st["done"], dict):
         raise ConfigError(f"{path}.done", st["done"], "a mapping of finished steps")
-    check_config_hash(st.get("config_hash"), cfg.to_dict(), str(path))
-    st.setdefault("config_hash", config_hash(cfg.to_dict()))
+    current = cfg.to_dict()
+    recorded = st.get("config_hash")
+    if recorded is not None and recorded != config_hash(current) and (path.parent / "config.json").is_file():
+        # a run begun by an earlier version: the fields added since (the method's knobs) are not in
+        # its config.json, take their defaults and are not part of its hash
+        written = read_run_config(path.parent, "search")
+        if recorded == config_hash({k: v for k, v in current.items() if k in written}):
+            return st
+    check_config_hash(recorded, current, str(path))
+    st.setdefault("config_hash", config_hash(current))
     return st
 
 
