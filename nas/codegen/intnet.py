@@ -26,6 +26,11 @@ tensor's fixed-point format, and lowers each layer to integers:
 The lowered constants are plain Python ints / int64 tensors; ``nas.codegen.reference`` and
 ``nas.codegen.emit_c`` both read them (the reference's shift and adder sums come from
 ``nas.ops.deploy`` itself), and the check compares the two bit for bit.
+
+This module is longer than 600 lines because the node records, the calibration and the lowering
+are one algorithm over one set of fixed-point formats (``Fmt``, ``Buf``, ``Requant``): each
+lowering rule reads the formats calibration chose and the guard bits the node kinds declare, and
+splitting them would put the two halves of every rule in different files.
 """
 
 from __future__ import annotations
@@ -364,6 +369,15 @@ def _check_network(model: nn.Module) -> None:
 
     if not isinstance(model, Network):
         raise ConfigError("model", type(model).__name__, "a static nas.models.Network (shiftaddaug-export loads one)")
+    check_task(model.arch)
+
+
+def check_task(arch) -> None:
+    """The generator lowers classification networks only (pooled logits); a segmentation network's
+    head (bilinear upsampling to a dense map) has no integer lowering yet."""
+    if arch.is_segmentation:
+        raise ConfigError("task", arch.task, "the C code generator (--format c, cost --deploy) handles classification "
+                          "networks only; export a segmentation network with --format json or onnx")
 
 
 def trace(model: nn.Module, raw_shape: tuple[int, int, int], float_lut: torch.Tensor, src: list[int]) -> list[Node]:
