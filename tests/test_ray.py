@@ -274,9 +274,13 @@ def test_parallel_search_differs_only_in_the_documented_ways(cluster, local, tmp
     assert len(trials) == 1 + SMALL["trials"] and all(",COMPLETE," in t for t in trials[1:])
     assert s["meets_budget"] and s["energy_mJ"] <= 0.02 and (out / "target" / "weights.pt").is_file()
     assert "train" in json.loads((out / "state.json").read_text())["done"]
-    # resuming a finished Ray run redoes nothing
+    # resuming a finished Ray run redoes nothing: no data set up, no file rewritten
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     again = SearchRun.resume(out, progress=False)
-    assert again.cfg.ray_address == cluster["address"] and again.run()["accuracy"] == s["accuracy"]
+    setups = []
+    again.setup = lambda: setups.append(1)
+    assert again.cfg.ray_address == cluster["address"] and again.run()["accuracy"] == s["accuracy"] and setups == []
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == files
 
 
 def test_killed_actor_is_restarted_and_its_evaluation_retried(cluster, local, tmp_path):

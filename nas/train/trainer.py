@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 import random
@@ -115,9 +116,21 @@ class MethodConfig:
                                   help="fraction of training over which target layers turn MF "
                                   "(default: 1/3 with shiftaddaug, else 0)")
     sort_channels: bool = knob(True, group=METHOD, help="reorder mid channels by importance every epoch (NetAug)")
+    # activation checkpointing of the blocks in the augmented pass: only block inputs are kept,
+    # activations are recomputed in backward (less memory, one more block forward; results equal
+    # within float rounding). benchmarks/train_overhead.py measures both.
+    aug_checkpoint: bool = knob(False, group=METHOD,
+                                help="recompute the augmented pass's block activations in backward instead of storing them "
+                                "(less memory, more time)")
     kl_weight: float = knob(10.0, metavar="W", group=METHOD, help="weight of the pwl-kl remap's regulariser (ShiftAddNAS)")
     remap_lr_scale: float = knob(0.01, metavar="S", group=METHOD,
                                  help="learning rate of the remap's learnable part, relative to --lr")
+    # cdf-fc on 1x1 convs and linear layers: a learnable per-output-channel affine after the CDF
+    # remap (Eq. 5's learnable part where a kernel FC has nothing to mix; identity at the start,
+    # variance-preserving, folded into the weights at export). No effect with other remaps.
+    remap_affine: bool = knob(False, group=METHOD,
+                              help="with cdf-fc: a learnable per-output-channel affine after the remap of 1x1 convs and "
+                              "linear layers (folded at export)")
     weight_bits: int = knob(5, metavar="B", group=METHOD, help="shift weight bits")
     # AdderNet's adaptive gradient scale for add layers; None turns it off. AdderNet uses 0.2 with
     # 400-epoch CIFAR schedules; on short schedules 0.2 barely moves deep adder layers (an Add
@@ -360,7 +373,8 @@ class Trainer(TrainLoop):
             max_arch = self.augmenter.max_arch
 
         def build() -> DynamicNet:
-            net = DynamicNet(max_arch, remap=cfg.remap, op_options=cfg.op_options, branch_norm=cfg.branch_norm)
+            net = DynamicNet(max_arch, remap=cfg.remap, op_options=cfg.op_options, branch_norm=cfg.branch_norm,
+                             remap_affine=cfg.remap_affine)
             if cfg.inherit:
                 from nas.supernet.net import inherit_weights
 
@@ -416,9 +430,17 @@ class Trainer(TrainLoop):
                 net.set_active_subnet(aug_arch, aug_blocks, target=target, target_blocks=self.target_blocks)
             else:  # method.md REC-B: the augmented pass is entirely multiplicative
                 net.set_active_subnet(aug_arch, aug_blocks)
-            _, loss_a = self.forward_backward(x, lambda out: self._loss(out, y))
+            _, loss_a = self._augmented_pass(x, y)
             out["loss_aug"] = loss_a.item()
         return out
+
+    def _augmented_pass(self, x: torch.Tensor, y: torch.Tensor):
+        """The augmented pass's forward and backward, its blocks checkpointed with ``aug_checkpoint``."""
+        self.net.checkpoint_blocks = self.cfg.aug_checkpoint
+        try:
+            return self.forward_backward(x, lambda out: self._loss(out, y))
+        finally:
+            self.net.checkpoint_blocks = False
 
     def postfix(self, stats: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{stats['loss']:.3f}", "acc": f"{100 * stats['acc']:.1f}"}
@@ -476,6 +498,10 @@ class Trainer(TrainLoop):
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
         """Train to the end (evaluate, export, summarise), or only up to ``until_epoch``."""
         metrics_path = self.out / "metrics.csv"
+        if self.epoch >= self.cfg.epochs and until_epoch is None:  # a finished run: resuming it redoes nothing
+            done = self.dist.broadcast_object(_finished_summary(self.out) if self.dist.is_writer else None)
+            if done is not None:
+                return done
         if self.dist.is_writer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "config.json", {"schema_version": 1, "train": self.cfg.to_dict(),
@@ -538,6 +564,16 @@ def resume_trainer(run_dir: str | Path, progress: bool = True, export_dir: str |
     trainer = Trainer(TrainConfig.from_dict(cfg), run_dir, progress=progress, export_dir=export_dir, device=device, dist=dist)
     trainer.load_checkpoint()
     return trainer
+
+
+def _finished_summary(out: Path) -> dict | None:
+    """The summary of a run that finished (None if it has none yet, or a damaged one: then the
+    final evaluation and export run again and rewrite it)."""
+    try:
+        s = json.loads((out / "summary.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return s if isinstance(s, dict) and s.get("schema_version") == 1 and "test_acc" in s else None
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
