@@ -435,6 +435,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate, cosine schedule with warm-up (default {d.lr})")
+    p.add_argument("--background-weight", type=float, default=d.background_weight, metavar="W",
+                   help="segmentation: loss weight of background (class 0) pixels relative to the others; below 1 when "
+                   f"background dominates the masks, e.g. 0.1 on mnistseg (default {d.background_weight})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--aug-depth", type=int, default=d.aug_depth, help="extra blocks per stage that only the augmented pass runs")
     p.add_argument("--width-mults", type=_floats, default=d.width_mults, metavar="A,B,..", help="width augmentation factors (NetAug: 1.0,1.8,2.6)")
@@ -482,7 +485,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             dataset=args.dataset or ("mnistseg" if args.task == "segmentation" else d.dataset), data_root=args.data_root,
             batch_size=args.batch_size, workers=args.workers,
             max_train_images=args.max_train_images, epochs=args.epochs, lr=args.lr, seed=args.seed,
-            device=args.device or "auto", precision=args.precision, task=args.task,
+            device=args.device or "auto", precision=args.precision, task=args.task, background_weight=args.background_weight,
         ).validate()
         name = f"train-{args.model or Path(args.arch).stem}-{args.op}-{args.aug}"
         out = Path(args.out or default_run_dir(name))
