@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -106,7 +107,7 @@ def main() -> None:
     jobs = []
     for seed in range(args.seeds):
         jobs.append(dict(base, op="mult", method="mult", seed=seed))
-        for op in args.ops.split(","):
+        for op in [o for o in args.ops.split(",") if o]:  # --ops '': the reference alone
             for m in METHODS:
                 jobs.append(dict(base, op=op, method=m, seed=seed))
     todo = [dict(j, workdir=args.workdir) for j in jobs if key(j) not in done]
@@ -121,7 +122,10 @@ def main() -> None:
                   f"pixel acc {r['test_pixel_acc']:.2f}%  ({r['seconds']:.0f}s)", flush=True)
             atomic_write_json(store, {"runs": sorted(done.values(), key=key)})
     rows = [r for r in done.values() if all(r.get(k) == v for k, v in base.items())]
-    table = render(rows, args, time.time() - t0 if ran else 0.0)
+    # the reference under other background weights, everything else equal (the cause check)
+    others = [r for r in done.values() if r["method"] == "mult" and r.get("background_weight") != args.background_weight
+              and all(r.get(k) == v for k, v in base.items() if k != "background_weight")]
+    table = render(rows, args, time.time() - t0 if ran else 0.0, others)
     atomic_write_text(RESULTS / "segmentation.md", table)
     print(table)
 
@@ -138,14 +142,14 @@ def paired(rows: list[dict], op: str, col: str = "test_miou") -> str:
         from scipy.stats import ttest_rel
 
         p = float(ttest_rel([by["shiftaddaug"][s] for s in seeds], [by["direct"][s] for s in seeds]).pvalue)
-        p_text = f"{p:.3f}" if p == p else "-"  # NaN when every difference is the same
+        p_text = "-" if math.isnan(p) else f"{p:.3f}"  # NaN when every difference is the same
     except ImportError:
         p_text = "(no scipy)"
     return f"{statistics.mean(d):+.2f} ± {statistics.stdev(d):.2f} (n={len(d)}) | {p_text}"
 
 
-def render(rows: list[dict], args, wall_s: float) -> str:
-    def cell(op: str, method: str, col: str = "test_miou") -> str:
+def render(rows: list[dict], args, wall_s: float, others: list[dict] = ()) -> str:
+    def cell(op: str, method: str, col: str = "test_miou", rows: list[dict] = rows) -> str:
         v = [r[col] for r in rows if r["op"] == op and r["method"] == method]
         if not v:
             return "-"
@@ -154,12 +158,12 @@ def render(rows: list[dict], args, wall_s: float) -> str:
 
     head = "| operator | " + " | ".join(METHODS) + " | shiftaddaug - direct (paired by seed) | p (paired t-test) |"
     rule = "|---|" + "---|" * (len(METHODS) + 2)
-    ops = args.ops.split(",")
+    ops = [o for o in args.ops.split(",") if o]
     lines = [
-        f"Test mIoU (%) of {args.model} (LR-ASPP head) at 64x64 on mnistseg (500 test canvases, 11 classes; "
-        f"background everywhere scores 8.4%), {args.epochs} epochs of {args.images} training canvases (batch 32), "
-        f"SGD lr {args.lr}, label smoothing {args.label_smoothing}, background weight {args.background_weight}; "
-        "mean ± std over seeds (pixel accuracy in the second table).",
+        (f"Test mIoU (%) of {args.model} (LR-ASPP head) at 64x64 on mnistseg (500 test canvases, 11 classes; "
+         f"background everywhere scores 8.4%), {args.epochs} epochs of {args.images} training canvases (batch 32), "
+         f"SGD lr {args.lr}, label smoothing {args.label_smoothing}, background weight {args.background_weight}; "
+         "mean ± std over seeds (pixel accuracy in the second table)."),
         "",
         head,
         rule,
@@ -171,12 +175,17 @@ def render(rows: list[dict], args, wall_s: float) -> str:
         lines.append(f"| {op} | " + " | ".join(cell(op, m, "test_pixel_acc") for m in METHODS)
                      + f" | {paired(rows, op, 'test_pixel_acc')} |")
     lines += ["", f"Multiplicative reference (same network, `--op mult --aug none`): mIoU {cell('mult', 'mult')}, "
-              f"pixel accuracy {cell('mult', 'mult', 'test_pixel_acc')}", "",
-              f"Command: `python benchmarks/segmentation.py --arch {args.model} --epochs {args.epochs} --images {args.images} "
+              f"pixel accuracy {cell('mult', 'mult', 'test_pixel_acc')}", ""]
+    for w in sorted({r["background_weight"] for r in others}):
+        same = [r for r in others if r["background_weight"] == w]
+        lines += [(f"The reference with background weight {w} (everything else equal, "
+                   f"`--background-weight {w} --ops ''`): mIoU {cell('mult', 'mult', rows=same)}, "
+                   f"pixel accuracy {cell('mult', 'mult', 'test_pixel_acc', same)}"), ""]
+    lines += [(f"Command: `python benchmarks/segmentation.py --arch {args.model} --epochs {args.epochs} --images {args.images} "
               f"--seeds {args.seeds} --lr {args.lr} --label-smoothing {args.label_smoothing} "
               f"--background-weight {args.background_weight} --bn-images {args.bn_images} --jobs {args.jobs}`; machine: {platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} cores, one torch thread per run; the runs took {sum(r['seconds'] for r in rows) / 60:.1f} min in all "
-              + (f"(this invocation: {wall_s / 60:.1f} min of wall time)." if wall_s >= 1 else "(results read back, nothing run)."), ""]
+              + (f"(this invocation: {wall_s / 60:.1f} min of wall time)." if wall_s >= 1 else "(results read back, nothing run).")), ""]
     return "\n".join(lines)
 
 

@@ -435,6 +435,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate, cosine schedule with warm-up (default {d.lr})")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="E",
+                   help=f"label smoothing of the cross-entropy (default {d.label_smoothing})")
     p.add_argument("--background-weight", type=float, default=d.background_weight, metavar="W",
                    help="segmentation: loss weight of background (class 0) pixels relative to the others; below 1 when "
                    f"background dominates the masks, e.g. 0.1 on mnistseg (default {d.background_weight})")
@@ -486,6 +488,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size, workers=args.workers,
             max_train_images=args.max_train_images, epochs=args.epochs, lr=args.lr, seed=args.seed,
             device=args.device or "auto", precision=args.precision, task=args.task, background_weight=args.background_weight,
+            label_smoothing=args.label_smoothing,
         ).validate()
         name = f"train-{args.model or Path(args.arch).stem}-{args.op}-{args.aug}"
         out = Path(args.out or default_run_dir(name))

@@ -274,6 +274,7 @@ def test_background_weight_config():
 @pytest.mark.parametrize("argv, msg", [
     (["--model", "mbv2-tiny", "--background-weight", "0.5"], "error: background_weight: got 0.5"),
     (["--task", "segmentation", "--model", "mbv2-tiny", "--background-weight", "-1"], "error: background_weight: got -1.0"),
+    (["--task", "segmentation", "--model", "mbv2-tiny", "--label-smoothing", "1.5"], "error: label_smoothing: got 1.5"),
 ])
 def test_background_weight_cli_errors_are_one_line(argv, msg, capsys):
     from nas.cli import train_main
@@ -423,7 +424,10 @@ def test_train_cost_export_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "run"
     assert train_main(["--task", "segmentation", "--dataset", "mnistseg", "--model", "mbv2-tiny", "--op", "add", "--aug",
-                       "shiftaddaug", "--epochs", "1", "--max-train-images", "64", "--out", str(out)]) == 0
+                       "shiftaddaug", "--epochs", "1", "--max-train-images", "64", "--background-weight", "0.1",
+                       "--label-smoothing", "0", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert cfg["background_weight"] == 0.1 and cfg["label_smoothing"] == 0.0
     s = json.loads((out / "summary.json").read_text())
     assert s["task"] == "segmentation" and 0 <= s["test_miou"] <= 100 and 0 <= s["test_pixel_acc"] <= 100
     assert s["export"]["max_abs_logit_diff"] < 1e-4  # exported TargetNet == the trained model in target mode
