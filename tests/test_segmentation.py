@@ -271,6 +271,17 @@ def test_background_weight_config():
     assert config_hash(w.to_dict()) != config_hash(d)
 
 
+def test_background_weight_reaches_the_search():
+    """The search takes the weight too (MethodConfig): its supernet's loss and final training."""
+    from nas.search.pipeline import SearchConfig
+
+    with pytest.raises(ConfigError, match="background_weight"):
+        SearchConfig(background_weight=0.5).resolved()  # classification
+    assert "background_weight" not in SearchConfig(task="segmentation").resolved().to_dict()  # old runs keep their hash
+    c = SearchConfig(task="segmentation", background_weight=0.1).resolved()
+    assert c.to_dict()["background_weight"] == 0.1 and c.method_dict()["background_weight"] == 0.1
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--model", "mbv2-tiny", "--background-weight", "0.5"], "error: background_weight: got 0.5"),
     (["--task", "segmentation", "--model", "mbv2-tiny", "--background-weight", "-1"], "error: background_weight: got -1.0"),
