@@ -21,6 +21,7 @@ included, stayed near the predict-background optimum (~10.5% mIoU against 8.4% f
 everywhere) and the arms could not be told apart (docs/segmentation.md).
 
     python benchmarks/segmentation.py --jobs 2                # seg64:min, 64 px, 4 epochs of 2048 canvases, 3 seeds
+    python benchmarks/segmentation.py --background-weight 1.0 --ops '' --jobs 2   # the reference alone, equal weights
     python benchmarks/segmentation.py --arch mbv2-tiny --epochs 1
 """
 
