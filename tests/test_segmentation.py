@@ -239,6 +239,62 @@ def test_segmentation_meter_and_loss_ignore():
     assert r["val_miou"] == 100.0 and r["val_pixel_acc"] == 100.0
 
 
+def test_background_weight_loss_hand_computed():
+    """Background pixels weigh ``background_weight``: the mean over weights of per-pixel NLLs
+    (ignored pixels nowhere), against a float64 hand computation; 1.0 is the plain loss."""
+    seg = task_of("segmentation")
+    logits = torch.tensor([[[[2.0, -1.0, 0.5, 3.0]], [[0.0, 1.0, 2.0, 0.0]], [[1.0, 0.5, -2.0, 0.0]]]])  # (1, 3, 1, 4)
+    y = torch.tensor([[[0, 2, 1, 255]]])
+    lp = torch.log_softmax(logits.double(), 1)[0, :, 0]
+    nll = [-lp[0, 0].item(), -lp[2, 1].item(), -lp[1, 2].item()]  # pixels 0..2; pixel 3 ignored
+    w = 0.25
+    expect = (w * nll[0] + nll[1] + nll[2]) / (w + 2)
+    assert seg.loss(logits, y, background_weight=w).item() == pytest.approx(expect, rel=1e-6)
+    assert seg.loss(logits, y, background_weight=1.0).item() == pytest.approx(sum(nll) / 3, rel=1e-6)
+    assert seg.loss(logits, y, 0.0, 1.0).item() == seg.loss(logits, y).item()
+
+
+def test_background_weight_config():
+    from nas.rundir import config_hash
+    from nas.train.trainer import TrainConfig
+
+    base = dict(task="segmentation", dataset="mnistseg")
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ConfigError, match="background_weight"):
+            TrainConfig(**base, background_weight=bad).validate()
+    with pytest.raises(ConfigError, match="background_weight.*--task segmentation"):
+        TrainConfig(background_weight=0.5).validate()  # classification
+    d = TrainConfig(**base).validate().to_dict()
+    assert "background_weight" not in d  # runs from before the field keep their config hash (resume)
+    w = TrainConfig(**base, background_weight=0.1).validate()
+    assert w.to_dict()["background_weight"] == 0.1 and TrainConfig.from_dict(w.to_dict()) == w
+    assert config_hash(w.to_dict()) != config_hash(d)
+
+
+def test_background_weight_reaches_the_search():
+    """The search takes the weight too (MethodConfig): its supernet's loss and final training."""
+    from nas.search.pipeline import SearchConfig
+
+    with pytest.raises(ConfigError, match="background_weight"):
+        SearchConfig(background_weight=0.5).resolved()  # classification
+    assert "background_weight" not in SearchConfig(task="segmentation").resolved().to_dict()  # old runs keep their hash
+    c = SearchConfig(task="segmentation", background_weight=0.1).resolved()
+    assert c.to_dict()["background_weight"] == 0.1 and c.method_dict()["background_weight"] == 0.1
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--model", "mbv2-tiny", "--background-weight", "0.5"], "error: background_weight: got 0.5"),
+    (["--task", "segmentation", "--model", "mbv2-tiny", "--background-weight", "-1"], "error: background_weight: got -1.0"),
+    (["--task", "segmentation", "--model", "mbv2-tiny", "--label-smoothing", "1.5"], "error: label_smoothing: got 1.5"),
+])
+def test_background_weight_cli_errors_are_one_line(argv, msg, capsys):
+    from nas.cli import train_main
+
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(msg) and err.count("\n") == 1
+
+
 # ------------------------------------------------------------------------------------ readers
 def _png(path, array, palette: bool = False):
     from PIL import Image
@@ -379,7 +435,10 @@ def test_train_cost_export_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "run"
     assert train_main(["--task", "segmentation", "--dataset", "mnistseg", "--model", "mbv2-tiny", "--op", "add", "--aug",
-                       "shiftaddaug", "--epochs", "1", "--max-train-images", "64", "--out", str(out)]) == 0
+                       "shiftaddaug", "--epochs", "1", "--max-train-images", "64", "--background-weight", "0.1",
+                       "--label-smoothing", "0", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert cfg["background_weight"] == 0.1 and cfg["label_smoothing"] == 0.0
     s = json.loads((out / "summary.json").read_text())
     assert s["task"] == "segmentation" and 0 <= s["test_miou"] <= 100 and 0 <= s["test_pixel_acc"] <= 100
     assert s["export"]["max_abs_logit_diff"] < 1e-4  # exported TargetNet == the trained model in target mode

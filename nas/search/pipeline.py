@@ -181,6 +181,8 @@ class SearchConfig(MethodConfig):
         d = dataclasses.asdict(self)
         if d["task"] == "classification":  # as before the field existed: runs from then still resume (config hash)
             del d["task"]
+        if d["background_weight"] == 1.0:  # likewise
+            del d["background_weight"]
         return d
 
 
@@ -278,7 +280,8 @@ class SearchRun:
         c, out = self.cfg, self.out.resolve()
         options = dict(epochs=c.supernet_epochs, lr=c.lr, seed=c.seed, remap=c.remap, op_options=c.op_options,
                        branch_norm=c.branch_norm, momentum=c.momentum, weight_decay=c.weight_decay,
-                       label_smoothing=c.label_smoothing, remap_lr_scale=c.remap_lr_scale, kl_weight=c.kl_weight,
+                       label_smoothing=c.label_smoothing, background_weight=c.background_weight,
+                       remap_lr_scale=c.remap_lr_scale, kl_weight=c.kl_weight,
                        precision=c.precision)
         return SupernetJob(self.space, c.op, self.data, options, out / "supernet.pt", out / "supernet_log.json")
 

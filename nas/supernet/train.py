@@ -48,7 +48,8 @@ class SupernetTrainer(TrainLoop):
                  seed: int = 0, remap: str = "cdf-fc", op_options: dict | None = None, weight_decay: float = 4e-5,
                  label_smoothing: float = 0.1, progress: bool = True, device: str | torch.device | None = "cpu",
                  precision: str = "fp32", dist: Distributed | None = None, branch_norm: bool = True,
-                 momentum: float = 0.9, remap_lr_scale: float = 0.01, kl_weight: float = 10.0):
+                 momentum: float = 0.9, remap_lr_scale: float = 0.01, kl_weight: float = 10.0,
+                 background_weight: float = 1.0):
         get_kind(op)  # a registered operator kind, or a ConfigError naming them
         steps = len(loaders.train)
         super().__init__(loaders, epochs=epochs, lr=lr, warmup_steps=min(steps, epochs * steps // 4), seed=seed,
@@ -58,6 +59,7 @@ class SupernetTrainer(TrainLoop):
 
         self.space, self.op, self.out = space, op, Path(out)
         self.label_smoothing, self.kl_weight = label_smoothing, kl_weight
+        self.background_weight = background_weight  # segmentation: the largest network's loss (the others distil from it)
         self.task = task_of(space.task)  # segmentation: per-pixel loss (distillation is per pixel as it is)
         # branch_norm: the hybrid pass (2.) is ShiftAddAug's augmented pass, rescaled as in training
         self.setup_model(lambda: DynamicNet(space.max_arch(), remap=remap, op_options=op_options, branch_norm=branch_norm))
@@ -84,7 +86,8 @@ class SupernetTrainer(TrainLoop):
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         net = self.net
         net.set_active_subnet(self.largest)
-        logits, _ = self.forward_backward(x, lambda out: self.task.loss(out, y, self.label_smoothing), last=False)
+        logits, _ = self.forward_backward(x, lambda out: self.task.loss(out, y, self.label_smoothing, self.background_weight),
+                                          last=False)
         soft = logits.detach()
         sub, target, blocks = self.sample_pair()
         self.samples.append((sub.arch_id, target.arch_id, blocks))
@@ -95,7 +98,7 @@ class SupernetTrainer(TrainLoop):
         net.set_active_subnet(*self.smallest)
         self.forward_backward(x, lambda out: self._distill(out, soft), last=True)
         logits = logits.detach().float()
-        return {"loss_largest": self.task.loss(logits, y).item(), "loss_target": loss_t.item(),
+        return {"loss_largest": self.task.loss(logits, y, 0.0, self.background_weight).item(), "loss_target": loss_t.item(),
                 "acc_largest": self.task.batch_acc(logits, y)}
 
     def _distill(self, out: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
