@@ -42,8 +42,6 @@ def saved_bytes_of_pass(fn) -> int:
 
 
 def measure(trainer, x, y, steps: int) -> dict:
-    import torch
-
     net = trainer.net
     times = []
     for i in range(steps + 3):

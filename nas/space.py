@@ -474,7 +474,7 @@ class TargetSpace:
                 raise ConfigError(f"target.{k}", genome.get(k, "<missing>"), f"allowed: {', '.join(map(str, choices))}")
         stages, blocks_idx = [], []
         c = genome["stem_out"]
-        for i, (sc, st) in enumerate(zip(self.space.stages, self.subnet.stages)):
+        for i, st in enumerate(self.subnet.stages):
             out = genome[f"s{i}_out"]
             blocks, idx = [], []
             for j, b in enumerate(st.blocks):
@@ -496,7 +496,7 @@ class TargetSpace:
         for i, (st, idx) in enumerate(zip(target.stages, blocks)):
             g[f"s{i}_out"] = st.blocks[0].out_channels
             kept = dict(zip(idx, st.blocks))
-            for j, b in enumerate(self.subnet.stages[i].blocks):
+            for j in range(len(self.subnet.stages[i].blocks)):
                 if j > 0:
                     g[f"s{i}_b{j}_keep"] = int(j in kept)
                 g[f"s{i}_b{j}_e"] = _match(kept[j].expand_ratio, self.space.stages[i].expand_ratio) if j in kept else min(self._genes[f"s{i}_b{j}_e"])

@@ -564,7 +564,7 @@ def grid_integer_bits(fmt: Fmt, extra_abs: int = 0) -> int:
 def _lower_conv(n: ConvNode, mult_bits: int) -> None:
     xf, yf = n.inputs[0].fmt, n.out.fmt
     m = n.module
-    o, k = n.cout, n.kernel
+    o = n.cout
     xmax = max(abs(xf.lo), abs(xf.hi))
     affine = _affine(n)
     with torch.no_grad():

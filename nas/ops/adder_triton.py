@@ -204,7 +204,7 @@ def _gw_kernel(
     sgn, sgo, sgh, sgw,
     sxn, sxc, sxh, sxw,
     swo, swc, swh, sww,
-    H, W, O, G, Og, Cg, KH, KW, Ho, Wo, M, K, chunk,
+    H, W, O, G, Og, Cg, KH, KW, Ho, Wo, M, K, chunk,  # noqa: E741 (O: output channels, as in the other kernels)
     sh, sw, ph, pw, dh, dw,
     ACC: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip

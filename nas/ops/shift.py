@@ -212,7 +212,7 @@ def _fixed_point_grid(x: torch.Tensor, integer_bits: int, fraction_bits: int) ->
     return torch.floor(x * 2.0**fraction_bits).clamp_(-top, _largest_code(top - 1, x.dtype))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _largest_code(code: int, dtype: torch.dtype) -> float:
     """The largest value of ``dtype`` that is <= ``code`` (``code`` itself when representable).
 

@@ -125,13 +125,13 @@ class EvolutionSearch:
         children: list[Candidate] = []
         for _ in range(self.n_mutants):
             p = self.rng.choice(parents)
-            c = self._feasible(lambda: (self.space.mutate_genome(p.genome, self.rng, self.mutate_prob),
-                                        self.rng.choice(self.multiples) if self.rng.random() < self.mutate_prob else p.multiple))
+            c = self._feasible(lambda: (self.space.mutate_genome(p.genome, self.rng, self.mutate_prob),  # noqa: B023 (called before the loop moves on)
+                                        self.rng.choice(self.multiples) if self.rng.random() < self.mutate_prob else p.multiple))  # noqa: B023 (called before the loop moves on)
             if c is not None:
                 children.append(c)
         while len(parents) + len(children) < self.population_size:
             a, b = self.rng.choice(parents), self.rng.choice(parents)
-            c = self._feasible(lambda: (self.space.crossover_genome(a.genome, b.genome, self.rng), self.rng.choice((a.multiple, b.multiple))))
+            c = self._feasible(lambda: (self.space.crossover_genome(a.genome, b.genome, self.rng), self.rng.choice((a.multiple, b.multiple))))  # noqa: B023 (called before the loop moves on)
             if c is None:
                 break
             children.append(c)

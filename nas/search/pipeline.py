@@ -40,7 +40,7 @@ from nas.errors import ConfigError, InfeasibleBudgetError, check_keys
 from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_checkpoint, note, set_aside
 from nas.ops.registry import mf_kinds
 from nas.rundir import check_config_hash, config_hash, heal_search_dir, is_writer, read_json, read_run_config
-from nas.space import SearchSpace, TargetSpace
+from nas.space import SearchSpace
 
 PRESETS: dict[str, dict[str, Any]] = {
     # minutes on a 2-core CPU with the bundled dataset
@@ -389,7 +389,6 @@ class SearchRun:
     def summarize(self, budget_info: dict, s1: dict, s2: dict, tr: dict, seconds: float) -> dict:
         cost = json.loads((self.out / "target" / "cost.json").read_text())
         target = Arch.load(self.out / "target" / "arch.json")
-        unit = self.budget.unit
         value = cost["energy_mJ"] if self.budget.metric == "energy" else cost["latency_ms"]
         summary = {
             "schema_version": 1,

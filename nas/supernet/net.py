@@ -196,7 +196,7 @@ class DynamicNet(nn.Module):
             tb = tuple(tuple(b) for b in (target_blocks or [range(len(s.blocks)) for s in target.stages]))
             self._check_fits(target, tb)
             for i, (st, idx) in enumerate(zip(target.stages, tb)):
-                for b, j in zip(st.blocks, idx):
+                for _b, j in zip(st.blocks, idx):
                     if j not in blocks_t[i]:
                         raise ValueError(f"target block {i}.{j} is not active in the augmented net")
             for (i, j, b), cin in zip(_indexed(target, tb), block_in_channels(target)):
@@ -235,15 +235,14 @@ class DynamicNet(nn.Module):
             blk.project.conv.configure(b.out_channels, None, *(_t(tb_.op, tb_.out_channels, tb_.mid_channels) if tb_ else ()))
         ref = target if target is not None else a
         c_ref = ref.stages[-1].blocks[-1].out_channels
-        c = a.stages[-1].blocks[-1].out_channels
         if self.feature_mix is not None:
             fm, rfm = a.feature_mix, ref.feature_mix
             self.feature_mix.conv.configure(fm.out_channels, None, rfm.op, rfm.out_channels, c_ref)
-            c, c_ref = fm.out_channels, rfm.out_channels
+            c_ref = rfm.out_channels
         if self.post_pool is not None:
             pp, rpp = a.post_pool, ref.post_pool
             self.post_pool.conv.configure(pp.out_channels, None, rpp.op, rpp.out_channels, c_ref)
-            c, c_ref = pp.out_channels, rpp.out_channels
+            c_ref = rpp.out_channels
         self.classifier.configure(ref.classifier.op, c_ref)
 
     # ------------------------------------------------------------------------------ forward / export
