@@ -191,7 +191,7 @@ def measure_layer(
         return time_calls(fn, warmup, repeats, device)
 
 
-def _round_robin(fns: list[Callable[[], object]], warmup: int, repeats: int, device: str, inner: int = 1) -> list[Timing]:
+def _round_robin(fns: list[Callable[..., object]], warmup: int, repeats: int, device: str, inner: int = 1) -> list[Timing]:
     """Time every function ``repeats`` times, one call of each in turn per round.
 
     In a network every layer runs between other layers, not in a tight loop of itself; timing a
@@ -325,7 +325,7 @@ def calibrate_layer_overhead(
     Returns ``{"layer": {op: ms}, "archs": n, "spread": [min, max] gap per layer}``.
     """
     container_ms = container_ms or {"network": 0.0, "block": 0.0}
-    kw = dict(device=device, batch=batch, warmup=warmup, repeats=repeats, threads=threads, op_options=op_options)
+    kw: dict = dict(device=device, batch=batch, warmup=warmup, repeats=repeats, threads=threads, op_options=op_options)
     rows = []  # (gap, {op: layers})
     for a in archs:
         layers = arch_layers(a)

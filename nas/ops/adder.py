@@ -67,7 +67,7 @@ import torch.nn.functional as F
 
 from nas.errors import ConfigError
 from nas.ops import _ext
-from nas.ops._common import check_int, conv_config, conv_repr, conv_terms, numel, pair
+from nas.ops._common import ConvGeometry, check_int, conv_config, conv_repr, conv_terms, numel, pair
 from nas.ops.registry import DEFAULT_ETA, check_eta, get_kind
 
 __all__ = [
@@ -507,7 +507,7 @@ def adder_linear(
 # Modules
 
 
-class AdderConv2d(nn.Module):
+class AdderConv2d(ConvGeometry, nn.Module):
     """Adder convolution with the ``nn.Conv2d`` signature plus ``eta`` (gradient scaling, None: off).
 
     Weights are initialised N(0, 1) as in AdderNet (an adder layer needs BatchNorm after it); the

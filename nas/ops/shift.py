@@ -64,7 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.errors import ConfigError
-from nas.ops._common import check_choice, check_int, conv_config, conv_repr, conv_terms, numel
+from nas.ops._common import ConvGeometry, check_choice, check_int, conv_config, conv_repr, conv_terms, numel
 from nas.ops.precision import full_precision, to_float32
 from nas.ops.registry import (
     ROUNDINGS,
@@ -305,6 +305,9 @@ def _check_finite_weights(*tensors: torch.Tensor) -> None:
 class _ShiftMixin:
     """Options, parameters and quantisation shared by ShiftConv2d and ShiftLinear."""
 
+    _weight_shape: tuple[int, ...]  # set by the module's __init__
+    training: bool  # nn.Module's
+
     def _init_shift(
         self, shape, bias, factory, *, shift_type, weight_bits, rounding, act_integer_bits, act_fraction_bits,
         max_shift, generator,
@@ -368,7 +371,7 @@ class _ShiftMixin:
         return s
 
 
-class ShiftConv2d(_ShiftMixin, nn.Module):
+class ShiftConv2d(_ShiftMixin, ConvGeometry, nn.Module):
     """Shift convolution with the ``nn.Conv2d`` signature plus DeepShift options (module docstring)."""
 
     def __init__(

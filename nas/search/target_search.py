@@ -25,6 +25,7 @@ from nas.space import SearchSpace, TargetSpace
 
 @dataclass
 class TargetResult:
+    """The TargetNet stage two chose: its Arch, block indices in the SubNet, supernet accuracy, cost and Optuna trial number."""
     arch: Arch
     blocks: list[list[int]]
     accuracy: float
@@ -39,6 +40,7 @@ def open_study(storage_path: Path, study_name: str, seed: int, sampler: str = "t
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(storage_path)))
+    smp: optuna.samplers.BaseSampler
     if sampler == "nsga2":
         smp = optuna.samplers.NSGAIISampler(seed=seed)
     else:
@@ -112,7 +114,7 @@ def constraint(t) -> float | None:
 def feasible_trials(study) -> list:
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if (constraint(t) is not None and constraint(t) <= 0)]
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if (c := constraint(t)) is not None and c <= 0]
 
 
 def best_target(study, ts: TargetSpace, accuracy: Callable, cost: Callable, budget: float) -> TargetResult:
@@ -135,7 +137,7 @@ def trials_rows(study) -> list[dict]:
             "accuracy": t.value,
             "cost": t.user_attrs.get("cost"),
             "constraint": constraint(t),
-            "feasible": None if constraint(t) is None else constraint(t) <= 0,
+            "feasible": None if (c := constraint(t)) is None else c <= 0,
             "arch_id": t.user_attrs.get("arch_id"),
             "warm_start": t.user_attrs.get("warm_start", ""),
             **{f"param_{k}": v for k, v in t.params.items()},
