@@ -130,17 +130,25 @@ class BlockSpec:
 
 @dataclass(frozen=True)
 class StageSpec:
+    """A stage: its blocks in order (the first may change resolution and width)."""
     blocks: tuple[BlockSpec, ...]
 
 
 @dataclass(frozen=True)
 class ClassifierSpec:
+    """The final linear layer: its operator (the conventions keep it ``mult``) and dropout before it."""
     op: str = "mult"
     dropout: float = 0.0
 
 
 @dataclass(frozen=True)
 class Arch:
+    """The one architecture schema: stem, stages of blocks, optional head convs, classifier.
+
+    Frozen and hashable; ``to_dict`` / ``from_dict`` are the canonical JSON (sorted keys,
+    ``schema_version``), ``arch_id`` hashes it without the name, ``with_ops`` applies an operator
+    convention and ``to_flat`` gives NNI-style labels. See docs/architecture.md.
+    """
     name: str
     resolution: int
     num_classes: int

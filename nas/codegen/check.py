@@ -118,6 +118,7 @@ def split_images(split, n: int | None, resolution: int, seed: int | None = None)
 
 @dataclass
 class Export:
+    """What ``export_c`` produced: the integer network, the C program, where it was written and the run it came from."""
     net: IntNet
     program: CProgram
     out_dir: Path

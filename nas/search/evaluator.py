@@ -20,6 +20,9 @@ from nas.train.loop import autocast
 
 
 class Evaluator:
+    """Accuracy of a configuration of a trained DynamicNet: BN re-estimated on ``calib_batches``,
+    then scored on ``val_batches``; cached by architecture id and block indices (module docstring).
+    """
     def __init__(self, net, calib_batches, val_batches, precision: str = "fp32"):
         self.net = net
         self.calib = calib_batches
@@ -53,6 +56,7 @@ class Evaluator:
 
 
 class Pricer:
+    """Cost of a network for a budget: its MF version (``op``) priced from ``table`` or, without one, by the energy model."""
     def __init__(self, budget: Budget, op: str, table=None, hardware=None, bits: int = 32):
         self.budget, self.op, self.table, self.hardware, self.bits = budget, op, table, hardware, bits
 

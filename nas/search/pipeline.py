@@ -66,6 +66,9 @@ STATE_VERSION = 1
 
 @dataclass
 class SearchConfig:
+    """Everything that defines a search run (``config.json``); ``None`` fields take the preset's
+    value (``resolved``). Device, Ray address and workers say where it runs, not what it computes.
+    """
     budget: str = "0.02mJ"
     op: str = "shift"
     preset: str = "quick"
@@ -125,6 +128,9 @@ class SearchConfig:
 
 
 class SearchRun:
+    """One ``shiftaddaug-search`` run in one directory: the steps of the module docstring, each
+    recorded in ``state.json`` and skipped on ``resume``.
+    """
     def __init__(self, cfg: SearchConfig, out: str | Path, progress: bool = True):
         self.cfg = cfg.resolved()
         self.out = Path(out)

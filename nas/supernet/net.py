@@ -62,6 +62,7 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
 
 
 class DynConvBNAct(nn.Module):
+    """Elastic conv (a ``HybridConv2d``) -> elastic BN -> activation; BN off for convs with a bias."""
     def __init__(self, max_in, max_out, max_kernel=1, stride=1, depthwise=False, act="relu6", bn=True, **hybrid):
         super().__init__()
         self.conv = HybridConv2d(max_in, max_out, max_kernel, stride, depthwise, bias=not bn, **hybrid)
@@ -76,6 +77,7 @@ class DynConvBNAct(nn.Module):
 
 
 class DynSE(nn.Module):
+    """Elastic squeeze-and-excitation: pooled mid channels -> reduce conv -> ReLU -> expand conv -> gate."""
     def __init__(self, max_mid: int, max_se: int, **hybrid):
         super().__init__()
         self.reduce = HybridConv2d(max_mid, max_se, 1, bias=True, **hybrid)
@@ -88,6 +90,7 @@ class DynSE(nn.Module):
 
 
 class DynMBConv(nn.Module):
+    """Elastic inverted-residual block: [expand 1x1] -> depthwise -> [SE] -> project 1x1 (+ shortcut), configured per step."""
     def __init__(self, max_in: int, b: BlockSpec, **hybrid):
         super().__init__()
         mid = b.mid_channels
@@ -118,6 +121,9 @@ class _LayerTarget:
 
 
 class DynamicNet(nn.Module):
+    """The elastic, hybrid network over a max Arch: supernet, SubNet and augmented network in one
+    (module docstring). ``set_active_subnet`` configures it, ``get_active_subnet`` exports it.
+    """
     def __init__(self, max_arch: Arch, remap: str = "cdf-fc", op_options: dict | None = None, branch_norm: bool = False):
         super().__init__()
         self.max_arch = max_arch

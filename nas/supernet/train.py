@@ -41,6 +41,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 class SupernetTrainer(TrainLoop):
+    """Sandwich-rule training of the hybrid supernet of a space on the shared ``TrainLoop`` (module docstring)."""
     checkpoint_version = SUPERNET_VERSION
     desc = "supernet"
 
