@@ -131,12 +131,14 @@ class BlockSpec:
 @dataclass(frozen=True)
 class StageSpec:
     """A stage: its blocks in order (the first may change resolution and width)."""
+
     blocks: tuple[BlockSpec, ...]
 
 
 @dataclass(frozen=True)
 class ClassifierSpec:
     """The final linear layer: its operator (the conventions keep it ``mult``) and dropout before it."""
+
     op: str = "mult"
     dropout: float = 0.0
 
@@ -149,6 +151,7 @@ class Arch:
     ``schema_version``), ``arch_id`` hashes it without the name, ``with_ops`` applies an operator
     convention and ``to_flat`` gives NNI-style labels. See docs/architecture.md.
     """
+
     name: str
     resolution: int
     num_classes: int

@@ -42,6 +42,7 @@ MAX_CHOICES = 64  # entries of one choice list (depths, kernels, expand ratios, 
 @dataclass(frozen=True)
 class StageChoices:
     """The choices of one stage of a search space: depths, kernels, expand ratios, widths (stride, activation and SE fixed)."""
+
     depth: tuple[int, ...]
     kernel_size: tuple[int, ...]
     expand_ratio: tuple[float, ...]
@@ -54,6 +55,7 @@ class StageChoices:
 @dataclass(frozen=True)
 class HeadChoices:
     """The width choices of the stem or the feature-mix conv (kernel, stride and activation fixed)."""
+
     out_channels: tuple[int, ...]
     kernel_size: int = 3
     stride: int = 2
@@ -76,6 +78,7 @@ class SearchSpace:
     ``genes`` / ``sample_genome`` / ``decode`` / ``encode`` map between flat genomes and Archs;
     ``max_arch`` / ``min_arch`` are its extremes; ``validate`` checks that an Arch belongs to it.
     """
+
     name: str
     resolution: int
     stem: HeadChoices

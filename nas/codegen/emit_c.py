@@ -78,6 +78,7 @@ class LayerOps:
 @dataclass
 class CProgram:
     """Generated C sources (file name -> text) with the operations and constant bytes per layer and the memory plan."""
+
     files: dict[str, str]
     ops: list[LayerOps]
     flash: dict[str, int]  # constant bytes per layer

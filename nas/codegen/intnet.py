@@ -711,7 +711,7 @@ def _logit_format(n: ConvNode) -> Fmt:
 # entry point
 
 
-def input_tables(transform, raw_channels: int, net_channels: int) -> tuple[torch.Tensor, list[int]]:
+def input_tables(transform: Callable[[torch.Tensor], torch.Tensor], raw_channels: int, net_channels: int) -> tuple[torch.Tensor, list[int]]:
     """[C, 256] normalised value of each pixel value per network channel, computed by the
     dataset's own evaluation transform (so the tables equal what the float model sees), and the
     stored channel each network channel reads."""

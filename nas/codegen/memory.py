@@ -21,6 +21,7 @@ ALIGN = 4
 @dataclass
 class MemoryPlan:
     """Byte offsets of the activation buffers in one arena, its size and the peak of live activation bytes."""
+
     offsets: dict[str, int]  # buffer name -> byte offset in the arena
     arena_bytes: int
     peak_live_bytes: int

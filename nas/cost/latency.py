@@ -42,11 +42,16 @@ import re
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from nas.cost.layers import Layer, arch_layers
 from nas.errors import ConfigError
 from nas.ops.registry import MULT, op_kinds
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch.nn as nn
+
+    from nas.arch import Arch
 
 DEVICES = ("cpu", "cuda")
 
@@ -278,7 +283,7 @@ def measure_archs(
 
 
 def measure_arch(
-    arch,
+    arch: Arch,
     *,
     device: str = "cpu",
     batch: int = 1,
@@ -286,7 +291,7 @@ def measure_arch(
     repeats: int = 50,
     threads: int | None = 1,
     op_options: dict | None = None,
-    model=None,
+    model: nn.Module | None = None,
 ) -> Timing:
     """End-to-end latency of ``build_model(arch)`` (eval, no_grad), same settings as the layers."""
     import torch

@@ -21,7 +21,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from nas.errors import InfeasibleBudgetError
 from nas.io import atomic_write_json, atomic_write_text
@@ -33,6 +33,7 @@ VERSION = 1
 @dataclass
 class Candidate:
     """A SubNet proposal of stage one: genome, augmentation multiple, its MF cost, its cheapest TargetNet's cost and its accuracy."""
+
     genome: dict[str, Any]
     multiple: float
     cost: float
@@ -47,7 +48,8 @@ class EvolutionSearch:
     """Stage one: bounded evolution for the depth-augmented SubNet (module docstring). ``run`` checkpoints
     every generation and returns the best feasible ``Candidate``.
     """
-    def __init__(self, space: SearchSpace, fitness: Callable, cost: Callable, budget: float, multiples=None,
+
+    def __init__(self, space: SearchSpace, fitness: Callable, cost: Callable, budget: float, multiples: Sequence[float] | None = None,
                  population: int = 16, generations: int = 5, parent_ratio: float = 0.25, mutation_ratio: float = 0.5,
                  mutate_prob: float = 0.1, seed: int = 0, max_tries: int = 200, unit: str = "mJ"):
         self.space, self.fitness, self.cost_fn, self.budget = space, fitness, cost, budget

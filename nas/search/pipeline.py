@@ -69,6 +69,7 @@ class SearchConfig:
     """Everything that defines a search run (``config.json``); ``None`` fields take the preset's
     value (``resolved``). Device, Ray address and workers say where it runs, not what it computes.
     """
+
     budget: str = "0.02mJ"
     op: str = "shift"
     preset: str = "quick"
@@ -131,6 +132,7 @@ class SearchRun:
     """One ``shiftaddaug-search`` run in one directory: the steps of the module docstring, each
     recorded in ``state.json`` and skipped on ``resume``.
     """
+
     def __init__(self, cfg: SearchConfig, out: str | Path, progress: bool = True):
         self.cfg = cfg.resolved()
         self.out = Path(out)

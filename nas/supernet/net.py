@@ -22,6 +22,7 @@ Module names follow the static network (``stem``, ``stages.i.j.{expand,dw,se,pro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -63,13 +64,15 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
 
 class DynConvBNAct(nn.Module):
     """Elastic conv (a ``HybridConv2d``) -> elastic BN -> activation; BN off for convs with a bias."""
-    def __init__(self, max_in, max_out, max_kernel=1, stride=1, depthwise=False, act="relu6", bn=True, **hybrid):
+
+    def __init__(self, max_in: int, max_out: int, max_kernel: int = 1, stride: int = 1, depthwise: bool = False,
+                 act: str = "relu6", bn: bool = True, **hybrid: Any):
         super().__init__()
         self.conv = HybridConv2d(max_in, max_out, max_kernel, stride, depthwise, bias=not bn, **hybrid)
         self.bn = DynamicBatchNorm2d(max_out) if bn else None
         self.act = build_act(act)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
@@ -78,12 +81,13 @@ class DynConvBNAct(nn.Module):
 
 class DynSE(nn.Module):
     """Elastic squeeze-and-excitation: pooled mid channels -> reduce conv -> ReLU -> expand conv -> gate."""
-    def __init__(self, max_mid: int, max_se: int, **hybrid):
+
+    def __init__(self, max_mid: int, max_se: int, **hybrid: Any):
         super().__init__()
         self.reduce = HybridConv2d(max_mid, max_se, 1, bias=True, **hybrid)
         self.expand = HybridConv2d(max_se, max_mid, 1, bias=True, **hybrid)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = F.adaptive_avg_pool2d(x, 1)
         g = self.expand(F.relu(self.reduce(g)))
         return x * F.hardsigmoid(g)
@@ -91,7 +95,8 @@ class DynSE(nn.Module):
 
 class DynMBConv(nn.Module):
     """Elastic inverted-residual block: [expand 1x1] -> depthwise -> [SE] -> project 1x1 (+ shortcut), configured per step."""
-    def __init__(self, max_in: int, b: BlockSpec, **hybrid):
+
+    def __init__(self, max_in: int, b: BlockSpec, **hybrid: Any):
         super().__init__()
         mid = b.mid_channels
         self.expand = None if b.expand_ratio == 1 else DynConvBNAct(max_in, mid, 1, act=b.act, **hybrid)
@@ -102,7 +107,7 @@ class DynMBConv(nn.Module):
         self.use_se = self.se is not None
         self.shortcut = b.shortcut
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.expand(x) if self.use_expand else x
         y = self.dw(y)
         if self.use_se:
@@ -124,10 +129,11 @@ class DynamicNet(nn.Module):
     """The elastic, hybrid network over a max Arch: supernet, SubNet and augmented network in one
     (module docstring). ``set_active_subnet`` configures it, ``get_active_subnet`` exports it.
     """
+
     def __init__(self, max_arch: Arch, remap: str = "cdf-fc", op_options: dict | None = None, branch_norm: bool = False):
         super().__init__()
         self.max_arch = max_arch
-        hy = dict(remap=remap, op_options=op_options, branch_norm=branch_norm)
+        hy: dict[str, Any] = dict(remap=remap, op_options=op_options, branch_norm=branch_norm)
         a = max_arch
         s = a.stem
         self.stem = DynConvBNAct(a.in_channels, s.out_channels, s.kernel_size, s.stride, act=s.act, **hy)

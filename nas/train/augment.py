@@ -29,6 +29,7 @@ from nas.errors import ConfigError
 @dataclass(frozen=True)
 class AugSpec:
     """Augmentation settings: width and expand factors, when width augmentation stops, whether extra depth decays."""
+
     width_mults: tuple[float, ...] = (1.0, 1.8, 2.6)
     expand_mults: tuple[float, ...] = (1.0, 1.6, 2.2, 2.8)
     stop_width: float = 0.5

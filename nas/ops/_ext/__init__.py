@@ -47,7 +47,7 @@ def disabled() -> bool:
     return os.environ.get(ENV_DISABLE, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def load():
+def load() -> ctypes.CDLL | None:
     """The kernel library (a ``ctypes.CDLL``), built on first call; ``None`` when unavailable."""
     if disabled():
         return None
