@@ -133,7 +133,7 @@ class DynamicNet(nn.Module):
     def __init__(self, max_arch: Arch, remap: str = "cdf-fc", op_options: dict | None = None, branch_norm: bool = False):
         super().__init__()
         self.max_arch = max_arch
-        hy: dict[str, Any] = dict(remap=remap, op_options=op_options, branch_norm=branch_norm)
+        hy = dict(remap=remap, op_options=op_options, branch_norm=branch_norm)
         a = max_arch
         s = a.stem
         self.stem = DynConvBNAct(a.in_channels, s.out_channels, s.kernel_size, s.stride, act=s.act, **hy)
