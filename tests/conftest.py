@@ -1,10 +1,20 @@
-"""Fixtures shared by the operator tests."""
+"""Fixtures shared by the tests."""
 
 import pytest
 import torch
 
 from nas.ops import _ext
 from nas.ops.adder import backend_for
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that pins torch to one thread must not leak it: CPU float reductions depend on the
+    thread count, so the bit-for-bit comparisons of tests/test_faults.py (an in-process resume
+    against a reference run in a fresh subprocess) need the default count."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(params=["ext", "torch"])
