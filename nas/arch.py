@@ -31,8 +31,13 @@ from nas.ops.registry import get_kind, op_kinds
 
 # 2: blocks name the operator of their SE convs (``se_op``); version-1 files load with their old
 # meaning (SE convs computed with ``dw_op``).
-SCHEMA_VERSION = 2
-READS_SCHEMA_VERSIONS = (1, 2)
+# 3: ``task`` and ``seg_head`` (segmentation networks). A file is written with the lowest version
+# that holds its content: classification networks still write 2 (readable by older releases, same
+# ``arch_id`` as before), segmentation networks write 3.
+SCHEMA_VERSION = 3
+CLASSIFICATION_SCHEMA_VERSION = 2
+READS_SCHEMA_VERSIONS = (1, 2, 3)
+TASKS = ("classification", "segmentation")
 ACTS = ("relu", "relu6", "hswish", "none")
 KERNEL_SIZES = (1, 3, 5, 7)
 STRIDES = (1, 2)
@@ -75,6 +80,25 @@ def op_convention(op: str) -> dict[str, str]:
     in the operator registry (``OpKind.roles``).
     """
     return get_kind(op).convention
+
+
+def total_stride(arch: "Arch") -> int:
+    """Product of the strides of the stem and every block (the output stride of the backbone)."""
+    s = arch.stem.stride
+    for _, _, b in arch.blocks():
+        s *= b.stride
+    return s
+
+
+def stage_sizes(arch: "Arch") -> list[int]:
+    """Spatial size of every stage's output, in forward order."""
+    size = conv_out_size(arch.resolution, arch.stem.kernel_size, arch.stem.stride)
+    out = []
+    for st in arch.stages:
+        for b in st.blocks:
+            size = conv_out_size(size, b.kernel_size, b.stride)
+        out.append(size)
+    return out
 
 
 def conv_out_size(size: int, kernel_size: int, stride: int) -> int:
@@ -144,6 +168,26 @@ class ClassifierSpec:
 
 
 @dataclass(frozen=True)
+class SegHeadSpec:
+    """An LR-ASPP-style segmentation head (MobileNetV3's "Lite Reduced ASPP"), see docs/segmentation.md.
+
+    Low-resolution branch on the backbone's last features ``x`` (after the feature mix, if any):
+    ``cbr(x) * hardsigmoid(scale(avgpool(x)))`` with ``cbr`` a 1x1 conv + BN + ``act`` to ``channels``
+    hidden channels (operator ``op``) and ``scale`` a 1x1 conv + BN on the pooled map (operator
+    ``gate_op``); a 1x1 classifier (the Arch's ``classifier.op``, with bias) turns it into class
+    logits, which are upsampled bilinearly to the skip's size and added to a 1x1 classifier of the
+    high-resolution skip (the output of stage ``skip_stage``); the sum is upsampled bilinearly to
+    the input size.
+    """
+
+    skip_stage: int
+    channels: int = 128
+    act: str = "relu"
+    op: str = "mult"
+    gate_op: str = "mult"
+
+
+@dataclass(frozen=True)
 class Arch:
     """The one architecture schema: stem, stages of blocks, optional head convs, classifier.
 
@@ -161,6 +205,10 @@ class Arch:
     post_pool: ConvSpec | None = None
     classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
     in_channels: int = 3
+    # "segmentation": dense per-pixel logits from ``seg_head`` (then ``classifier`` names the
+    # operator of the head's two 1x1 classifiers); "classification": pooled logits
+    task: str = "classification"
+    seg_head: SegHeadSpec | None = None
 
     # ---------------------------------------------------------------- construction / views
     def __post_init__(self) -> None:
@@ -173,7 +221,11 @@ class Arch:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["stages"] = [{"blocks": [dict(b) for b in s["blocks"]]} for s in d["stages"]]
-        d["schema_version"] = SCHEMA_VERSION
+        if self.task == "classification":  # written as before: version 2, same arch_id
+            del d["task"], d["seg_head"]
+            d["schema_version"] = CLASSIFICATION_SCHEMA_VERSION
+        else:
+            d["schema_version"] = SCHEMA_VERSION
         return d
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -218,8 +270,12 @@ class Arch:
         return tuple(len(s.blocks) for s in self.stages)
 
     @property
+    def is_segmentation(self) -> bool:
+        return self.task == "segmentation"
+
+    @property
     def head_channels(self) -> int:
-        """Channels fed to the classifier."""
+        """Channels fed to the classifier (segmentation: to the head's low-resolution branch)."""
         if self.post_pool is not None:
             return self.post_pool.out_channels
         if self.feature_mix is not None:
@@ -242,6 +298,9 @@ class Arch:
         stages = tuple(
             StageSpec(tuple(dataclasses.replace(b, op=dense, dw_op=ops["dw"], se_op=ops["se"]) for b in s.blocks)) for s in self.stages
         )
+        # segmentation head: its 1x1 conv follows the 1x1 convs, its gate conv (a 1x1 conv on a
+        # pooled map) the SE convs, its classifiers the classifier
+        head = None if self.seg_head is None else dataclasses.replace(self.seg_head, op=dense, gate_op=ops["se"])
         return dataclasses.replace(
             self,
             stem=dataclasses.replace(self.stem, op=dense),
@@ -249,6 +308,7 @@ class Arch:
             feature_mix=None if self.feature_mix is None else dataclasses.replace(self.feature_mix, op=dense),
             post_pool=None if self.post_pool is None else dataclasses.replace(self.post_pool, op=dense),
             classifier=dataclasses.replace(self.classifier, op=ops["classifier"]),
+            seg_head=head,
         )
 
     @property
@@ -286,6 +346,10 @@ class Arch:
                 f[f"{head}_op"] = c.op
         f["cls_op"] = self.classifier.op
         f["cls_dropout"] = self.classifier.dropout
+        if self.seg_head is not None:
+            f["task"] = self.task
+            for key, attr in _FLAT_HEAD_KEYS.items():
+                f[f"seg_{key}"] = getattr(self.seg_head, attr)
         return f
 
     @staticmethod
@@ -317,6 +381,9 @@ class Arch:
                 **heads,
                 "classifier": {"op": f["cls_op"], "dropout": f["cls_dropout"]},
             }
+            if f.get("task", "classification") != "classification":
+                d.update(task=f["task"], seg_head={attr: f[f"seg_{key}"] for key, attr in _FLAT_HEAD_KEYS.items()},
+                         schema_version=SCHEMA_VERSION)
         except KeyError as e:
             raise ConfigError("flat arch", f"<missing key {e.args[0]}>", "all labels written by Arch.to_flat") from None
         return Arch.from_dict(d, "flat arch")
@@ -330,6 +397,10 @@ class Arch:
                 for b in s.blocks
             )
             lines.append(f"  s{i}: {desc}")
+        if self.seg_head is not None:
+            h = self.seg_head
+            lines.append(f"  head: LR-ASPP, skip from s{h.skip_stage}, {h.channels} hidden channels ({h.op}, gate {h.gate_op}), "
+                         f"classifiers {self.classifier.op}, bilinear x{self.resolution // stage_sizes(self)[h.skip_stage]} to {self.resolution}px")
         return "\n".join(lines)
 
 
@@ -346,6 +417,35 @@ _FLAT_BLOCK_KEYS = {
     "seop": "se_op",
     "res": "shortcut",
 }
+
+
+_FLAT_HEAD_KEYS = {"skip": "skip_stage", "ch": "channels", "act": "act", "op": "op", "gateop": "gate_op"}
+
+
+def default_seg_head(arch: Arch, channels: int = 128) -> SegHeadSpec:
+    """LR-ASPP's choice for a backbone: the skip from the last stage at output stride <= 8 that
+    is not the last stage (stage 0 when none is), ``channels`` hidden channels."""
+    strides, s = [], arch.stem.stride
+    for st in arch.stages:
+        for b in st.blocks:
+            s *= b.stride
+        strides.append(s)
+    early = [i for i, st in enumerate(strides[:-1]) if st <= 8]
+    return SegHeadSpec(skip_stage=early[-1] if early else 0, channels=channels)
+
+
+def to_segmentation(arch: Arch, head: SegHeadSpec | None = None) -> Arch:
+    """``arch`` as a segmentation network: its backbone (stem, stages, feature mix), no post-pool
+    conv and no dropout, ``head`` (default: ``default_seg_head``) with ``arch``'s operator
+    convention when it follows one. A segmentation arch comes back unchanged."""
+    if arch.is_segmentation:
+        return arch
+    head = head or default_seg_head(arch)
+    d = arch.replace(post_pool=None, classifier=dataclasses.replace(arch.classifier, dropout=0.0)).to_dict()
+    d.update(task="segmentation", seg_head=dataclasses.asdict(head), schema_version=SCHEMA_VERSION)
+    out = Arch.from_dict(d)
+    kind = arch.op_kind
+    return out.with_ops(kind) if kind != "mixed" else out
 
 
 def block_in_channels(arch: Arch) -> list[int]:
@@ -465,6 +565,18 @@ def _block_from_dict(d: Any, where: str, in_channels: int, schema_version: int =
 
 
 _ARCH_KEYS = {f.name: () for f in dataclasses.fields(Arch)} | {"schema_version": ()}
+_TASK_KEYS = ("task", "seg_head")  # schema 3
+
+
+def _seg_head_from_dict(d: Any, where: str, n_stages: int) -> SegHeadSpec:
+    check_keys(d, where, {f.name: () for f in dataclasses.fields(SegHeadSpec)}, ("skip_stage",))
+    return SegHeadSpec(
+        skip_stage=_int(d, "skip_stage", where, lo=0, hi=n_stages - 1),
+        channels=_int(d, "channels", where, default=128, hi=MAX_CHANNELS),
+        act=_choice(d, "act", where, ACTS, "relu", _ACT_ALIASES),
+        op=_choice(d, "op", where, op_kinds(), "mult"),
+        gate_op=_choice(d, "gate_op", where, op_kinds(), "mult"),
+    )
 
 
 def _arch_from_dict(d: Any, where: str) -> Arch:
@@ -472,6 +584,10 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
     sv = d.get("schema_version", SCHEMA_VERSION)
     if isinstance(sv, bool) or sv not in READS_SCHEMA_VERSIONS:
         raise ConfigError(f"{where}.schema_version", sv, f"this version of shiftaddaug reads schema_version {', '.join(map(str, READS_SCHEMA_VERSIONS))}")
+    if sv < 3:
+        for k in _TASK_KEYS:
+            if k in d:
+                raise ConfigError(f"{where}.{k}", d[k], f"needs schema_version 3 (the file says {sv})")
     name = d.get("name", "arch")
     if not isinstance(name, str) or not name or len(name) > MAX_NAME:
         raise ConfigError(f"{where}.name", name, f"expected a non-empty string of at most {MAX_NAME} characters")
@@ -504,6 +620,18 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError(f"{where}.classifier.dropout", dropout, "expected a number in [0, 1)")
     classifier = ClassifierSpec(op=_choice(cls, "op", f"{where}.classifier", op_kinds(), "mult"), dropout=float(dropout))
+    task = _choice(d, "task", where, TASKS, "classification")
+    seg_head = None
+    if task == "segmentation":
+        if d.get("seg_head") is None:
+            raise ConfigError(f"{where}.seg_head", "<missing>", "a segmentation network needs a seg_head (skip_stage, channels, act, op, gate_op)")
+        seg_head = _seg_head_from_dict(d["seg_head"], f"{where}.seg_head", len(stages))
+        if heads["post_pool"] is not None:
+            raise ConfigError(f"{where}.post_pool", d["post_pool"], "a segmentation network has no post-pool conv (null)")
+        if classifier.dropout:
+            raise ConfigError(f"{where}.classifier.dropout", classifier.dropout, "a segmentation network has no dropout (0)")
+    elif d.get("seg_head") is not None:
+        raise ConfigError(f"{where}.seg_head", d["seg_head"], "only with task: segmentation")
     return Arch(
         name=name,
         resolution=_int(d, "resolution", where, lo=8, hi=MAX_RESOLUTION),
@@ -514,6 +642,8 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
         post_pool=heads["post_pool"],
         classifier=classifier,
         in_channels=_int(d, "in_channels", where, default=3, hi=MAX_CHANNELS),
+        task=task,
+        seg_head=seg_head,
     )
 
 
@@ -531,6 +661,19 @@ def _validate_structure(a: Arch) -> None:
                 "use stride 1 here or a larger resolution",
             )
         size = conv_out_size(size, b.kernel_size, b.stride)
+    if a.task not in TASKS:
+        raise ConfigError("arch.task", a.task, f"allowed: {', '.join(TASKS)}")
+    if (a.seg_head is not None) != (a.task == "segmentation"):
+        raise ConfigError("arch.seg_head", a.seg_head, "present exactly when task is segmentation")
+    if a.seg_head is not None:
+        if not 0 <= a.seg_head.skip_stage < len(a.stages):
+            raise ConfigError("arch.seg_head.skip_stage", a.seg_head.skip_stage, f"a stage index in 0..{len(a.stages) - 1}")
+        # whole upsampling factors: every feature map is then exactly resolution / stride, and the
+        # head's two bilinear upsamplings line the logits up with the input pixels
+        ts = total_stride(a)
+        if a.resolution % ts:
+            raise ConfigError("arch.resolution", a.resolution,
+                              f"a segmentation network needs a multiple of its total stride {ts}, so that its logits upsample by whole factors")
 
 
 # --------------------------------------------------------------------------------------------

@@ -119,6 +119,10 @@ def cost_main(argv: Sequence[str] | None = None) -> int:
     if args.batch < 1:
         raise ConfigError("--batch", args.batch, "expected a positive integer")
     arch = resolve_arch(args)
+    if args.deploy:  # refused before any output
+        from nas.codegen.intnet import check_task
+
+        check_task(arch)
     hw = load_hardware(args.hardware)
     report = count_ops(arch, batch=args.batch)
     price = price_arch(arch, hw, bits=args.bits, batch=args.batch)
@@ -175,7 +179,7 @@ def _cost_table(report, price) -> str:
     lines.append(
         f"energy: {price.energy_mJ:.4f} mJ (compute {b['compute_mJ']:.4f}, DRAM {b['dram_mJ']:.4f}, buffer {b['gb_mJ']:.4f}, "
         f"NoC {b['noc_mJ']:.4f}, RF {b['rf_mJ']:.4f}); latency {price.latency_ms:.4f} ms "
-        f"({price.hardware}, {price.bits} bit; BN, activations, pooling and residual adds are not charged)"
+        f"({price.hardware}, {price.bits} bit; BN, activations, pooling, residual adds and upsampling are not charged)"
     )
     return "\n".join(lines)
 
@@ -401,6 +405,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         "summary.json and target/ (arch.json, weights.pt, cost.json, meta.json).",
         epilog="examples:\n"
         "  shiftaddaug-train --model mbv2-tiny --op shift --aug shiftaddaug --epochs 10\n"
+        "  shiftaddaug-train --task segmentation --dataset mnistseg --model mbv2-tiny --op add --epochs 5   # LR-ASPP head, mIoU\n"
         "  shiftaddaug-train --model mcunet --op add --aug none --dataset cifar10 --data-root ~/data/cifar-10-batches-py\n"
         "  shiftaddaug-train --model mbv2-w0.35 --op add --dataset cifar100 --data-root ~/data --resolution 160 \\\n"
         "      --device cuda --precision bf16 --workers 4\n"
@@ -420,10 +425,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                    help="none: direct training; netaug: augmented part with the target's operator; "
                    f"shiftaddaug: multiplicative augmented part + block mutation (default {d.aug})")
     p.add_argument("--remap", choices=REMAP_KINDS, default=d.remap, help=f"weight remapping into the MF domain (default {d.remap})")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset,
-                   help="; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
+    p.add_argument("--dataset", choices=sorted(DATASETS),
+                   help=f"default {d.dataset} (segmentation: mnistseg); " + "; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
     p.add_argument("--data-root", metavar="PATH", help="dataset location (CIFAR python folder or image folder)")
-    p.add_argument("--resolution", type=int, metavar="R", help="input resolution (default 32)")
+    p.add_argument("--task", choices=("classification", "segmentation"), default=d.task,
+                   help="segmentation: per-pixel classes from a segmentation dataset (mnistseg, voc, segfolder); a zoo model "
+                   "gets an LR-ASPP head (docs/segmentation.md); metric mIoU (default classification)")
+    p.add_argument("--resolution", type=int, metavar="R", help="input resolution (default 32; segmentation 64)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate, cosine schedule with warm-up (default {d.lr})")
@@ -471,9 +479,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             model=args.model, arch=args.arch, op=args.op, resolution=args.resolution, aug=args.aug, remap=args.remap,
             hybrid=args.hybrid, branch_norm=args.branch_norm, aug_depth=args.aug_depth, width_mults=args.width_mults,
             expand_mults=args.expand_mults, mutation=args.mutation, eta=args.eta or None, weight_bits=args.weight_bits,
-            dataset=args.dataset, data_root=args.data_root, batch_size=args.batch_size, workers=args.workers,
+            dataset=args.dataset or ("mnistseg" if args.task == "segmentation" else d.dataset), data_root=args.data_root,
+            batch_size=args.batch_size, workers=args.workers,
             max_train_images=args.max_train_images, epochs=args.epochs, lr=args.lr, seed=args.seed,
-            device=args.device or "auto", precision=args.precision,
+            device=args.device or "auto", precision=args.precision, task=args.task,
         ).validate()
         name = f"train-{args.model or Path(args.arch).stem}-{args.op}-{args.aug}"
         out = Path(args.out or default_run_dir(name))
@@ -515,7 +524,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"run directory   {out}")
     print(f"TargetNet       {s['target']} ({s['op']}, trained with aug={s['aug']}, remap={s['remap']}, {s['epochs']} epochs)")
-    print(f"accuracy        val {s['val_acc']:.2f}%   test {s['test_acc']:.2f}%")
+    if s.get("task") == "segmentation":
+        print(f"mIoU            val {s['val_miou']:.2f}%   test {s['test_miou']:.2f}%   "
+              f"(pixel accuracy val {s['val_pixel_acc']:.2f}%, test {s['test_pixel_acc']:.2f}%)")
+    else:
+        print(f"accuracy        val {s['val_acc']:.2f}%   test {s['test_acc']:.2f}%")
     ex = s["export"]
     cost = f"{ex['macs'] / 1e6:.2f}M MACs" + (f", {ex['energy_mJ']:.4f} mJ" if "energy_mJ" in ex else "")
     print(f"exported        {ex['dir']}  ({cost}; max |logit diff| vs trained model {ex['max_abs_logit_diff']:.1e})")
@@ -558,6 +571,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         epilog="examples:\n"
         "  shiftaddaug-search                               # the default job: quick preset, bundled data\n"
         "  shiftaddaug-search --budget 0.015mJ --op add\n"
+        "  shiftaddaug-search --task segmentation --budget 0.05mJ --op add   # space seg64, mnistseg, mIoU objective\n"
         "  shiftaddaug-search --budget 20mJ --preset paper --dataset cifar100 --data-root ~/data/cifar-100-python\n"
         "  shiftaddaug-search --budget 20mJ --preset imagenet --op add --dry-run   # where the budget lies, no data read\n"
         "  shiftaddaug-search --budget 20mJ --preset imagenet --data-root ~/data/imagenet   # train/ and val/ class folders\n"
@@ -576,6 +590,9 @@ def search_main(argv: Sequence[str] | None = None) -> int:
                    help="default: the preset's (cifar100 for paper, folder for imagenet), else mnist5k; "
                    + "; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
     p.add_argument("--data-root", metavar="PATH", help="dataset location (CIFAR python folder or image folder)")
+    p.add_argument("--task", choices=("classification", "segmentation"), default=d.task,
+                   help="segmentation: a segmentation space (quick preset: seg64, 64 px) and dataset (default mnistseg), "
+                   "mIoU as the objective of both stages (docs/segmentation.md; default classification)")
     add_device_args(p)
     p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (default 0)")
     p.add_argument("--hardware", metavar="NAME|FILE", help="hardware model of the energy / latency price list (default eyeriss-45nm)")
@@ -609,7 +626,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
             cfg = SearchRun.resume(args.resume, progress=False).cfg
         else:
             cfg = SearchConfig(budget=args.budget, op=args.op, preset=args.preset, space=args.space, dataset=args.dataset,
-                               data_root=args.data_root, hardware=args.hardware, bits=args.bits)
+                               data_root=args.data_root, hardware=args.hardware, bits=args.bits, task=args.task)
         info = budget_preview(cfg)
         print(json.dumps(info, sort_keys=True) if args.json else preview_text(info))
         return 0
@@ -625,7 +642,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
         cfg = SearchConfig(budget=args.budget, op=args.op, preset=args.preset, space=args.space, dataset=args.dataset,
                            data_root=args.data_root, hardware=args.hardware, bits=args.bits, seed=args.seed,
                            ray_address=args.ray_address, device=args.device or "auto", precision=args.precision,
-                           workers=args.workers,
+                           workers=args.workers, task=args.task,
                            **{k: getattr(args, k) for k in ("supernet_epochs", "population", "generations", "trials", "final_epochs",
                                                              "batch_size", "max_train_images", "eval_images", "bn_images")})
         cfg.resolved()  # bad options fail before the run directory is touched
@@ -655,14 +672,16 @@ def search_main(argv: Sequence[str] | None = None) -> int:
 def _search_table(run, s: dict) -> str:
     from nas.search.pipeline import binds_in_text
 
+    obj = s.get("objective", "accuracy")
+    label = "mIoU" if obj == "miou" else obj
     rows = [
         ("run directory", str(run.out)),
         ("budget", f"{s['budget']}" + ("" if s["budget_binding"] else f"  (does not bind: the largest network costs {s['space_cost_range'][1]:.4g}; "
                                                                       f"{binds_in_text({'binds_in': s['binds_in'], 'op': s['op'], 'unit': run.budget.unit})})")),
         ("TargetNet cost", f"{s['energy_mJ']:.4g} mJ, {s['latency_ms']:.4g} ms  ({'meets' if s['meets_budget'] else 'MISSES'} the budget)"),
         ("TargetNet size", f"{s['macs'] / 1e6:.3f} M MACs, {s['params'] / 1e6:.4f} M params, operator {s['op']}"),
-        ("accuracy", f"test {s['accuracy']['test']:.2f}%  val {s['accuracy']['val']:.2f}%  (supernet estimate {s['accuracy']['supernet_estimate']:.2f}%)"),
-        ("SubNet", f"x{s['subnet']['multiple']} budget, {s['subnet']['cost']:.4g}, supernet accuracy {s['subnet']['supernet_accuracy']:.2f}%"),
+        (label, f"test {s[obj]['test']:.2f}%  val {s[obj]['val']:.2f}%  (supernet estimate {s[obj]['supernet_estimate']:.2f}%)"),
+        ("SubNet", f"x{s['subnet']['multiple']} budget, {s['subnet']['cost']:.4g}, supernet {label} {s['subnet'][f'supernet_{obj}']:.2f}%"),
         ("exported", s["paths"]["arch"].rsplit("/", 1)[0] + "/  (arch.json, weights.pt, cost.json)"),
         ("report", f"{s['paths']['report']}, {s['paths']['pareto']}"),
         ("wall time", f"{s['time_s']:.0f} s"),

@@ -15,6 +15,10 @@ carries the augmentation multiples of ShiftAddAug's stage one (the SubNet is sea
     feature_mix: {out_channels: [64, 128], act: relu6}
     aug_multiples: [2.2, 2.4, 2.8, 3.2]
 
+A segmentation space (schema_version 2) adds ``task: segmentation`` and the choices of its
+LR-ASPP head: ``seg_head: {skip_stage: 1, channels: [32, 64], act: relu}`` (gene ``head_ch``; the
+skip stage and activation are fixed). Its resolution must be a multiple of its total stride.
+
 ``width_mult: [0.5, 1.0]`` at the top level is a shorthand: every ``out_channels`` list (stem,
 stages, feature mix) becomes ``make_divisible(c * m, 8)`` for each listed channel count ``c`` and
 multiplier ``m``.
@@ -31,11 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas.arch import (ACTS, MAX_BLOCKS, MAX_CHANNELS, MAX_CLASSES, MAX_EXPAND, MAX_NAME, MAX_RESOLUTION, MAX_STAGES, Arch,
-                      conv_out_size, make_divisible, read_bounded)
+from nas.arch import (ACTS, MAX_BLOCKS, MAX_CHANNELS, MAX_CLASSES, MAX_EXPAND, MAX_NAME, MAX_RESOLUTION, MAX_STAGES, TASKS,
+                      Arch, conv_out_size, make_divisible, read_bounded)
 from nas.errors import ConfigError, check_keys
 
-SCHEMA_VERSION = 1
+# 2: ``task`` and ``seg_head`` (segmentation spaces); classification spaces are still written as 1
+SCHEMA_VERSION = 2
+READS_SCHEMA_VERSIONS = (1, 2)
 MAX_CHOICES = 64  # entries of one choice list (depths, kernels, expand ratios, widths, multipliers)
 
 
@@ -60,6 +66,15 @@ class HeadChoices:
     kernel_size: int = 3
     stride: int = 2
     act: str = "relu6"
+
+
+@dataclass(frozen=True)
+class SegHeadChoices:
+    """The LR-ASPP head of a segmentation space: hidden-channel choices, fixed skip stage and act."""
+
+    skip_stage: int
+    channels: tuple[int, ...]
+    act: str = "relu"
 
 
 def mid_channels(in_channels: int, expand_ratio: float) -> int:
@@ -87,6 +102,8 @@ class SearchSpace:
     aug_multiples: tuple[float, ...] = (2.2, 2.4, 2.8, 3.2)
     num_classes: int = 10
     in_channels: int = 3
+    task: str = "classification"
+    seg_head: SegHeadChoices | None = None
 
     # ----------------------------------------------------------------------------- loading
     @staticmethod
@@ -122,8 +139,8 @@ class SearchSpace:
                 return None
             return {"out_channels": list(h.out_channels), "kernel_size": h.kernel_size, "stride": h.stride, "act": h.act}
 
-        return {
-            "schema_version": SCHEMA_VERSION,
+        d = {
+            "schema_version": 1,
             "name": self.name,
             "resolution": self.resolution,
             "num_classes": self.num_classes,
@@ -144,6 +161,11 @@ class SearchSpace:
             "feature_mix": None if self.feature_mix is None else {"out_channels": list(self.feature_mix.out_channels), "act": self.feature_mix.act},
             "aug_multiples": list(self.aug_multiples),
         }
+        if self.seg_head is not None:
+            h = self.seg_head
+            d.update(schema_version=SCHEMA_VERSION, task=self.task,
+                     seg_head={"skip_stage": h.skip_stage, "channels": list(h.channels), "act": h.act})
+        return d
 
     def with_task(self, num_classes: int | None = None, resolution: int | None = None) -> "SearchSpace":
         d = self.to_dict()
@@ -167,6 +189,8 @@ class SearchSpace:
                 g[f"s{i}_b{j}_e"] = s.expand_ratio
         if self.feature_mix is not None:
             g["fm_out"] = self.feature_mix.out_channels
+        if self.seg_head is not None:
+            g["head_ch"] = self.seg_head.channels
         return g
 
     def sample_genome(self, rng: random.Random) -> dict[str, Any]:
@@ -216,6 +240,8 @@ class SearchSpace:
                 g[f"s{i}_b{j}_e"] = _match(b.expand_ratio, s.expand_ratio)
         if self.feature_mix is not None:
             g["fm_out"] = arch.feature_mix.out_channels
+        if self.seg_head is not None:
+            g["head_ch"] = arch.seg_head.channels
         return g
 
     def sample(self, rng: random.Random, name: str = "sample") -> Arch:
@@ -245,6 +271,7 @@ class SearchSpace:
     def size(self) -> int:
         """Number of distinct architectures in the space."""
         total = len(self.stem.out_channels) * (len(self.feature_mix.out_channels) if self.feature_mix else 1)
+        total *= len(self.seg_head.channels) if self.seg_head else 1
         for s in self.stages:
             per_block = len(s.kernel_size) * len(s.expand_ratio)
             total *= len(s.out_channels) * sum(per_block**d for d in s.depth)
@@ -289,6 +316,14 @@ class SearchSpace:
             _in(arch.feature_mix.out_channels, self.feature_mix.out_channels, "arch.feature_mix.out_channels")
         if arch.post_pool is not None:
             raise ConfigError("arch.post_pool", arch.post_pool, "search spaces have no post-pool conv")
+        if arch.task != self.task:
+            raise ConfigError("arch.task", arch.task, f"the space {self.name!r} is for {self.task}")
+        if self.seg_head is not None:
+            h, sh = arch.seg_head, self.seg_head
+            _in(h.channels, sh.channels, "arch.seg_head.channels")
+            for name in ("skip_stage", "act"):
+                if getattr(h, name) != getattr(sh, name):
+                    raise ConfigError(f"arch.seg_head.{name}", getattr(h, name), f"the space fixes it to {getattr(sh, name)!r}")
 
 
 def _in(v: Any, choices: tuple, field: str) -> None:
@@ -310,6 +345,9 @@ def _arch_from_genes(name: str, frame, genome: dict[str, Any], stages: list[dict
         "stages": stages,
         "feature_mix": None if frame.feature_mix is None else {"out_channels": genome["fm_out"], "act": frame.feature_mix.act},
     }
+    if frame.seg_head is not None:
+        d.update(schema_version=3, task=frame.task,
+                 seg_head={"skip_stage": frame.seg_head.skip_stage, "channels": genome["head_ch"], "act": frame.seg_head.act})
     return Arch.from_dict(d, where=name)
 
 def _match(e: float, choices: tuple[float, ...], field: str = "expand_ratio") -> float:
@@ -354,9 +392,15 @@ def _scaled(channels: tuple[int, ...], mults: tuple[float, ...] | None, where: s
 
 
 def _space_from_dict(d: Any, where: str) -> SearchSpace:
-    check_keys(d, where, {"schema_version", "name", "resolution", "num_classes", "in_channels", "stem", "stages", "feature_mix", "aug_multiples", "width_mult"}, {"resolution", "stem", "stages"})
-    if d.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
-        raise ConfigError(f"{where}.schema_version", d.get("schema_version"), f"this version reads {SCHEMA_VERSION}")
+    check_keys(d, where, {"schema_version", "name", "resolution", "num_classes", "in_channels", "stem", "stages", "feature_mix",
+                          "aug_multiples", "width_mult", "task", "seg_head"}, {"resolution", "stem", "stages"})
+    sv = d.get("schema_version", SCHEMA_VERSION)
+    if isinstance(sv, bool) or sv not in READS_SCHEMA_VERSIONS:
+        raise ConfigError(f"{where}.schema_version", sv, f"this version reads {', '.join(map(str, READS_SCHEMA_VERSIONS))}")
+    if sv < 2:
+        for k in ("task", "seg_head"):
+            if k in d:
+                raise ConfigError(f"{where}.{k}", d[k], f"needs schema_version 2 (the file says {sv})")
     mults = _list(d, "width_mult", where, float, lo=0.01, hi=16) if "width_mult" in d else None
     res = d["resolution"]
     if isinstance(res, bool) or not isinstance(res, int) or not 8 <= res <= MAX_RESOLUTION:
@@ -419,6 +463,24 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
     ncls = d.get("num_classes", 10)
     if isinstance(ncls, bool) or not isinstance(ncls, int) or not 1 <= ncls <= MAX_CLASSES:
         raise ConfigError(f"{where}.num_classes", ncls, f"expected an integer in [1, {MAX_CLASSES}]")
+    task = d.get("task", "classification")
+    if task not in TASKS:
+        raise ConfigError(f"{where}.task", task, f"allowed: {', '.join(TASKS)}")
+    seg_head = None
+    if task == "segmentation":
+        hw = f"{where}.seg_head"
+        h = check_keys(d.get("seg_head"), hw, {"skip_stage", "channels", "act"}, {"skip_stage", "channels"})
+        skip = h["skip_stage"]
+        if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < len(stages):
+            raise ConfigError(f"{hw}.skip_stage", skip, f"a stage index in 0..{len(stages) - 1}")
+        seg_head = SegHeadChoices(skip, _scaled(_list(h, "channels", hw, int, hi=MAX_CHANNELS), mults, f"{hw}.channels"), act(h, hw, "relu"))
+        total = stem.stride
+        for s in stages:
+            total *= s.stride
+        if res % total:
+            raise ConfigError(f"{where}.resolution", res, f"a segmentation space needs a multiple of its total stride {total}")
+    elif d.get("seg_head") is not None:
+        raise ConfigError(f"{where}.seg_head", d["seg_head"], "only with task: segmentation")
     space = SearchSpace(
         name=name,
         resolution=res,
@@ -428,6 +490,8 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
         aug_multiples=aug,
         num_classes=ncls,
         in_channels=in_ch,
+        task=task,
+        seg_head=seg_head,
     )
     c = max(stem.out_channels)  # the widest block input: the largest mid width must stay in bounds
     for i, s in enumerate(space.stages):
@@ -466,6 +530,8 @@ class TargetSpace:
                 g[f"s{i}_b{j}_e"] = tuple(e for e in sc.expand_ratio if e <= b.expand_ratio + 1e-9)
         if space.feature_mix is not None:
             g["fm_out"] = tuple(c for c in space.feature_mix.out_channels if c <= subnet.feature_mix.out_channels)
+        if space.seg_head is not None:
+            g["head_ch"] = tuple(c for c in space.seg_head.channels if c <= subnet.seg_head.channels)
         self._genes = g
 
     def genes(self) -> dict[str, tuple]:
@@ -512,4 +578,6 @@ class TargetSpace:
                 g[f"s{i}_b{j}_e"] = _match(kept[j].expand_ratio, self.space.stages[i].expand_ratio) if j in kept else min(self._genes[f"s{i}_b{j}_e"])
         if self.subnet.feature_mix is not None:
             g["fm_out"] = target.feature_mix.out_channels
+        if self.subnet.seg_head is not None:
+            g["head_ch"] = target.seg_head.channels
         return g

@@ -98,7 +98,7 @@ def _all(batches):
 
 
 def test_datasets_listed():
-    assert list(DATASETS) == ["mnist5k", "cifar10", "cifar100", "folder"]
+    assert list(DATASETS) == ["mnist5k", "cifar10", "cifar100", "folder", "mnistseg", "voc", "segfolder"]
     assert all(isinstance(v, str) and "\n" not in v for v in DATASETS.values())
 
 

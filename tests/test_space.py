@@ -99,7 +99,7 @@ def test_malformed_spaces(tiny, mutate, field):
 
 
 def test_missing_and_invalid_files(tmp_path):
-    with pytest.raises(ConfigError, match="space: got 'nope'; expected a YAML file or one of: mobile224, paper160, tiny"):
+    with pytest.raises(ConfigError, match="space: got 'nope'; expected a YAML file or one of: mobile224, paper160, seg64, tiny"):
         SearchSpace.load("nope")
     p = tmp_path / "bad.yaml"
     p.write_text("stages: [unclosed")

@@ -30,7 +30,7 @@ import torch
 import nas
 from nas.arch import Arch
 from nas.codegen.emit_c import GENERATOR_VERSION, CProgram, LayerOps, count_static_mults, generate_c
-from nas.codegen.intnet import DEFAULT_AGREE, DEFAULT_MULT_BITS, IntNet, build_intnet
+from nas.codegen.intnet import DEFAULT_AGREE, DEFAULT_MULT_BITS, IntNet, build_intnet, check_task
 from nas.codegen.reference import run_int
 from nas.errors import ConfigError
 from nas.io import atomic_write_json, atomic_write_text
@@ -95,6 +95,7 @@ def load_run(run_dir: str | Path) -> RunData:
     if "dataset" not in train:
         raise ConfigError(str(cfg_path), "<no dataset>", "a training config with the run's dataset")
     model = load_exported(target)
+    check_task(model.arch)
     res = model.arch.resolution
     data = load_dataset(train["dataset"], train.get("data_root"))
     loaders = build_loaders(data, resolution=res, batch_size=2)

@@ -364,6 +364,15 @@ def _check_network(model: nn.Module) -> None:
 
     if not isinstance(model, Network):
         raise ConfigError("model", type(model).__name__, "a static nas.models.Network (shiftaddaug-export loads one)")
+    check_task(model.arch)
+
+
+def check_task(arch) -> None:
+    """The generator lowers classification networks only (pooled logits); a segmentation network's
+    head (bilinear upsampling to a dense map) has no integer lowering yet."""
+    if arch.is_segmentation:
+        raise ConfigError("task", arch.task, "the C code generator (--format c, cost --deploy) handles classification "
+                          "networks only; export a segmentation network with --format json or onnx")
 
 
 def trace(model: nn.Module, raw_shape: tuple[int, int, int], float_lut: torch.Tensor, src: list[int]) -> list[Node]:

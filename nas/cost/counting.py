@@ -14,6 +14,10 @@ Conventions (one forward pass, batch 1 unless given):
 * SE: its two 1x1 convs count as above (on a 1x1 map); its average pool counts ``HW - 1``
   additions and 1 multiplication per channel, and the channel gating ``C*H*W`` multiplications.
   The final global average pool counts the same way; a residual shortcut ``C*H*W`` additions.
+* Segmentation head: its convs count as convs; its gate's pool and product as the SE's; the sum
+  of its two branches as a residual; a bilinear upsampling 4 multiplications and 3 additions per
+  output element (the weighted sum of the four neighbours: the interpolation weights are not
+  powers of two in general, so they are counted as multiplications even in an MF network).
 * Not counted: BatchNorm (folded into the preceding conv at deployment) and activations
   (comparisons / clamps).
 * ``params``: trainable parameters, BN affine included, so the total equals
@@ -69,14 +73,16 @@ def layer_cost(layer: Layer, batch: int = 1) -> LayerCost:
         c = op_counts(L.op, k_terms, act_out, L.bias)
         macs, mults, adds, shifts = c["macs"], c["mults"], c["adds"], c["shifts"]
         params = L.out_channels * k_terms + (L.out_channels if L.bias else 0) + (2 * L.out_channels if L.bn else 0)
-    elif L.kind == "pool" or L.part == "se_pool":
+    elif L.kind == "pool" or L.table_part == "pool":
         hw = L.in_hw * L.in_hw
         adds = batch * L.in_channels * (hw - 1)
         mults = batch * L.in_channels
-    elif L.part == "se_gate":  # x * sigmoid(...)
+    elif L.table_part == "gate":  # x * hardsigmoid(...)
         mults = act_out
     elif L.kind == "residual":
         adds = act_out
+    elif L.kind == "upsample":  # bilinear: a weighted sum of 4 neighbours per output
+        mults, adds = 4 * act_out, 3 * act_out
     else:
         raise ValueError(f"layer {L.name}: no counting rule for kind {L.kind!r}, part {L.part!r}")
     return LayerCost(L, macs, mults, adds, shifts, params, act_in, act_out)
@@ -123,18 +129,19 @@ class CostReport:
         }
 
     def table(self, extra_head: str = "", extra: list[str] | None = None) -> str:
-        """Per-layer text table (layers without MACs or parameters left out) and a totals line;
-        ``extra`` appends a column block to every layer row (one string per row of ``self.rows``)
-        under ``extra_head``."""
-        head = f"{'layer':<16} {'kind':<9} {'op':<5} {'in':>5} {'out':>5} {'k':>2} {'s':>2} {'hw':>8} {'MACs':>12} {'params':>9}" + extra_head
+        """Per-layer text table (layers without MACs or parameters left out, except upsamplings:
+        their multiplications, in the ``mults`` column, grow with the output resolution) and a totals line; ``extra`` appends
+        a column block to every layer row (one string per row of ``self.rows``) under ``extra_head``."""
+        w = max([16] + [len(r.layer.name) for r in self.rows])
+        head = f"{'layer':<{w}} {'kind':<9} {'op':<5} {'in':>5} {'out':>5} {'k':>2} {'s':>2} {'hw':>8} {'MACs':>12} {'mults':>10} {'params':>9}" + extra_head
         lines = [head, "-" * len(head)]
         for i, r in enumerate(self.rows):
             L = r.layer
-            if r.macs == 0 and r.params == 0:
+            if r.macs == 0 and r.params == 0 and L.kind != "upsample":
                 continue
             lines.append(
-                f"{L.name:<16} {L.kind:<9} {L.op:<5} {L.in_channels:>5} {L.out_channels:>5} {L.kernel_size:>2} {L.stride:>2} "
-                f"{f'{L.in_hw}->{L.out_hw}':>8} {r.macs:>12,} {r.params:>9,}" + (extra[i] if extra else "")
+                f"{L.name:<{w}} {L.kind:<9} {L.op:<5} {L.in_channels:>5} {L.out_channels:>5} {L.kernel_size:>2} {L.stride:>2} "
+                f"{f'{L.in_hw}->{L.out_hw}':>8} {r.macs:>12,} {r.mults:>10,} {r.params:>9,}" + (extra[i] if extra else "")
             )
         t = self.totals
         lines.append("-" * len(head))

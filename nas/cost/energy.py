@@ -31,7 +31,7 @@ conv has C = 1), kernel R = S, M outputs of E x F:
 * Selected tiling: the first minimiser of (E - E_min)/E_max + (L - L_min)/L_max.
 
 Conventions of the paper's accounting: only convs and linears are charged (SE convs as 1x1 convs
-on a 1x1 map); BN, activations, pooling, SE gating and residual adds cost nothing. A network's
+on a 1x1 map); BN, activations, pooling, SE gating, residual adds and bilinear upsampling cost nothing. A network's
 energy / latency is the sum over its layers (``nas.cost.layers.arch_layers``), each priced with
 its own operator; which conv computes with which operator is the Arch's (``nas.arch.op_convention``
 for mult / shift / add models: Add models add in the stem and every 1x1 conv, SE convs included,

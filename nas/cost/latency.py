@@ -9,11 +9,12 @@ layer              what is timed
 =================  ===========================================================================
 dense, pointwise,  ``ConvBNAct`` (conv of the layer's operator kind -> BN -> the layer's ``act``;
 depthwise          the post-pool conv has a bias and no BN)
-se.pool            ``F.adaptive_avg_pool2d(x, 1)``
+se.pool            ``F.adaptive_avg_pool2d(x, 1)`` (the segmentation head's gate pool too)
 se.reduce          the SE reduce conv followed by its ReLU
 se.expand          the SE expand conv
-se.gate            ``x * F.hardsigmoid(g)``
-residual           ``x + y``
+se.gate            ``x * F.hardsigmoid(g)`` (the segmentation head's gate too)
+residual           ``x + y`` (the segmentation head's sum too)
+upsample           ``nas.models.static.upsample`` (bilinear) to ``in_hw * stride``
 pool               ``F.adaptive_avg_pool2d(x, 1)`` and the flatten of ``forward_features``
 linear             the classifier (``create_linear``)
 =================  ===========================================================================
@@ -156,10 +157,10 @@ def layer_callable(layer: Layer, batch: int = 1, device: str = "cpu", op_options
         if L.part == "se_reduce":  # SqueezeExcite: expand(relu(reduce(pooled)))
             return lambda: F.relu(conv(x))
         return lambda: conv(x)
-    if L.part == "se_pool":
+    if L.table_part == "pool":
         x = rand(batch, L.in_channels, L.in_hw, L.in_hw)
         return lambda: F.adaptive_avg_pool2d(x, 1)
-    if L.part == "se_gate":
+    if L.table_part == "gate":
         x = rand(batch, L.in_channels, L.in_hw, L.in_hw)
         s = rand(batch, L.in_channels, 1, 1)
         return lambda: x * F.hardsigmoid(s)
@@ -170,6 +171,11 @@ def layer_callable(layer: Layer, batch: int = 1, device: str = "cpu", op_options
     if L.kind == "pool":
         x = rand(batch, L.in_channels, L.in_hw, L.in_hw)
         return lambda: torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+    if L.kind == "upsample":
+        from nas.models.static import upsample
+
+        x = rand(batch, L.in_channels, L.in_hw, L.in_hw)
+        return lambda: upsample(x, (L.out_hw, L.out_hw))
     if L.kind == "linear":
         fc = create_linear(L.op, L.in_channels, L.out_channels, bias=L.bias, **options_for(L.op, op_options)).to(device).eval()
         x = rand(batch, L.in_channels)

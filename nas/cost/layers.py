@@ -26,7 +26,24 @@ feature_mix    pointwise   feature_mix           feature_mix.conv
 pool           pool        pool                  the network (global average pool)
 post_pool      pointwise   post_pool             post_pool.conv
 classifier     linear      classifier            classifier
+seg_pool       se          head.pool             head (the average pool of the gate)
+seg_scale      pointwise   head.scale            head.scale.conv
+seg_cbr        pointwise   head.cbr              head.cbr.conv
+seg_gate       se          head.gate             head (the gating product)
+seg_high_cls   pointwise   head.high_classifier  head.high_classifier
+seg_up_skip    upsample    head.up_skip          head (bilinear, to the skip's size)
+seg_low_cls    pointwise   head.low_classifier   head.low_classifier
+seg_merge      residual    head.merge            head (the sum of the two branches)
+seg_up_out     upsample    head.up_out           head (bilinear, to the input size)
 =============  ==========  ====================  ================================================
+
+A segmentation network (``Arch.task == "segmentation"``) has no pool / post-pool / classifier:
+after the feature mix come the ``seg_*`` layers of its LR-ASPP head (``seg_head_layers``), in the
+order of ``nas.models.static.seg_logits``. The gate's pool and product are priced like the SE
+pieces they equal (same code, same table rows). An ``upsample`` layer's ``stride`` is its
+upsampling factor (``out_hw = in_hw * stride``; segmentation archs upsample by whole factors), so
+the dense output's resolution is part of every price; a factor-1 upsampling does nothing and has
+no layer.
 
 Adding a layer part (e.g. the layers of a segmentation head): add a ``Part`` to ``PARTS`` and emit
 its records from ``arch_layers`` (a helper next to ``head_layers``, reading the new Arch fields),
@@ -40,9 +57,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nas.arch import Arch, BlockSpec, ConvSpec, block_in_channels, conv_out_size
+from nas.arch import Arch, BlockSpec, ConvSpec, SegHeadSpec, block_in_channels, conv_out_size
 
-KINDS = ("dense", "pointwise", "depthwise", "se", "linear", "pool", "residual")
+KINDS = ("dense", "pointwise", "depthwise", "se", "linear", "pool", "residual", "upsample")
 CONV_KINDS = ("dense", "pointwise", "depthwise")
 
 
@@ -78,9 +95,21 @@ PARTS: dict[str, Part] = {
     "pool": Part("pool", "pool", ""),
     "post_pool": Part("pointwise", "post_pool", "post_pool.conv", conv=True),
     "classifier": Part("linear", "classifier", "classifier"),
+    "seg_pool": Part("se", "head.pool", "head", table_part="pool"),
+    "seg_scale": Part("pointwise", "head.scale", "head.scale.conv", conv=True),
+    "seg_cbr": Part("pointwise", "head.cbr", "head.cbr.conv", conv=True),
+    "seg_gate": Part("se", "head.gate", "head", table_part="gate"),
+    "seg_high_cls": Part("pointwise", "head.high_classifier", "head.high_classifier", conv=True),
+    "seg_up_skip": Part("upsample", "head.up_skip", "head"),
+    "seg_low_cls": Part("pointwise", "head.low_classifier", "head.low_classifier", conv=True),
+    "seg_merge": Part("residual", "head.merge", "head"),
+    "seg_up_out": Part("upsample", "head.up_out", "head"),
 }
-# the SE pieces by their lookup-table ``part`` (pool, reduce, expand, gate)
-SE_TABLE_PARTS = {p.table_part: name for name, p in PARTS.items() if p.kind == "se"}
+# the SE pieces by their lookup-table ``part`` (pool, reduce, expand, gate; the block's part of each)
+SE_TABLE_PARTS: dict[str, str] = {}
+for _name, _p in PARTS.items():
+    if _p.kind == "se":
+        SE_TABLE_PARTS.setdefault(_p.table_part, _name)
 
 
 @dataclass(frozen=True)
@@ -176,15 +205,19 @@ def block_layers(stage: int, block: int, cin: int, b: BlockSpec, hw: int) -> lis
     return layers
 
 
+def feature_mix_layers(c: int, hw: int, feature_mix: ConvSpec | None) -> list[Layer]:
+    """The optional 1x1 feature mix after the last block (``c`` channels at ``hw`` x ``hw``)."""
+    if feature_mix is None:
+        return []
+    return [make_layer("feature_mix", feature_mix.op, c, feature_mix.out_channels, 1, 1, 1, hw, hw, bn=True, act=feature_mix.act)]
+
+
 def head_layers(c: int, hw: int, feature_mix: ConvSpec | None, post_pool: ConvSpec | None, classifier_op: str,
                 num_classes: int) -> list[Layer]:
     """The layers after the last block (``c`` channels at ``hw`` x ``hw``): the optional 1x1
     feature mix, the global average pool, the optional post-pool 1x1 conv and the classifier."""
-    layers = []
-    if feature_mix is not None:
-        layers.append(make_layer("feature_mix", feature_mix.op, c, feature_mix.out_channels, 1, 1, 1, hw, hw, bn=True,
-                                 act=feature_mix.act))
-        c = feature_mix.out_channels
+    layers = feature_mix_layers(c, hw, feature_mix)
+    c = feature_mix.out_channels if feature_mix is not None else c
     layers.append(make_layer("pool", "mult", c, c, 1, 1, 1, hw, 1))
     if post_pool is not None:
         layers.append(make_layer("post_pool", post_pool.op, c, post_pool.out_channels, 1, 1, 1, 1, 1, bias=True, act=post_pool.act))
@@ -193,13 +226,54 @@ def head_layers(c: int, hw: int, feature_mix: ConvSpec | None, post_pool: ConvSp
     return layers
 
 
+def upsample_layers(part: str, channels: int, in_hw: int, out_hw: int) -> list[Layer]:
+    """A bilinear upsampling of ``channels`` maps from ``in_hw`` to ``out_hw`` (a whole multiple;
+    none when equal: the network skips it)."""
+    if out_hw == in_hw:
+        return []
+    if out_hw % in_hw:
+        raise ValueError(f"{part}: {in_hw} -> {out_hw} is not a whole upsampling factor")
+    f = out_hw // in_hw
+    return [make_layer(part, "mult", channels, channels, 1, f, 1, in_hw, out_hw)]
+
+
+def seg_head_layers(c: int, hw: int, feature_mix: ConvSpec | None, head: SegHeadSpec, classifier_op: str, num_classes: int,
+                    skip_channels: int, skip_hw: int, resolution: int) -> list[Layer]:
+    """The layers of a segmentation network after its last block (``c`` channels at ``hw`` x
+    ``hw``): the optional feature mix, then the LR-ASPP head (``nas.models.static.seg_logits``)
+    on those features and on the skip (``skip_channels`` at ``skip_hw``), up to ``resolution``."""
+    layers = feature_mix_layers(c, hw, feature_mix)
+    c = feature_mix.out_channels if feature_mix is not None else c
+    h, k = head.channels, num_classes
+    layers += [
+        make_layer("seg_pool", "mult", c, c, 1, 1, 1, hw, 1),
+        make_layer("seg_scale", head.gate_op, c, h, 1, 1, 1, 1, 1, bn=True),
+        make_layer("seg_cbr", head.op, c, h, 1, 1, 1, hw, hw, bn=True, act=head.act),
+        make_layer("seg_gate", "mult", h, h, 1, 1, 1, hw, hw),
+        make_layer("seg_high_cls", classifier_op, h, k, 1, 1, 1, hw, hw, bias=True),
+    ]
+    layers += upsample_layers("seg_up_skip", k, hw, skip_hw)
+    layers += [
+        make_layer("seg_low_cls", classifier_op, skip_channels, k, 1, 1, 1, skip_hw, skip_hw, bias=True),
+        make_layer("seg_merge", "mult", k, k, 1, 1, 1, skip_hw, skip_hw),
+    ]
+    return layers + upsample_layers("seg_up_out", k, skip_hw, resolution)
+
+
 def arch_layers(arch: Arch) -> list[Layer]:
     """Every counted layer of ``arch`` in forward order, with its shapes."""
     layers = stem_layers(arch.in_channels, arch.stem, arch.resolution)
     hw = layers[0].out_hw
+    skip = arch.seg_head.skip_stage if arch.seg_head is not None else -1
+    skip_c = skip_hw = 0
     for (i, j, b), cin in zip(arch.blocks(), block_in_channels(arch)):
         blk = block_layers(i, j, cin, b, hw)
         layers += blk
         hw = blk[-1].out_hw
+        if i == skip:
+            skip_c, skip_hw = b.out_channels, hw
     c = arch.stages[-1].blocks[-1].out_channels
+    if arch.seg_head is not None:
+        return layers + seg_head_layers(c, hw, arch.feature_mix, arch.seg_head, arch.classifier.op, arch.num_classes,
+                                        skip_c, skip_hw, arch.resolution)
     return layers + head_layers(c, hw, arch.feature_mix, arch.post_pool, arch.classifier.op, arch.num_classes)

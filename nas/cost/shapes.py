@@ -3,7 +3,7 @@
 ``space_layers(space, ops)`` enumerates, for every stage / block position, every reachable input
 width x kernel x expand ratio x width (the input spatial size is fixed per position), under each
 operator convention in ``ops``, and decomposes each candidate block with the same code as a whole
-network (``nas.cost.layers.block_layers`` / ``head_layers``), so a table built from it holds every
+network (``nas.cost.layers.block_layers`` / ``head_layers`` / ``seg_head_layers``), so a table built from it holds every
 row ``arch_layers`` of an arch of the space asks for. ``space_cover_archs`` turns the shapes into
 archs of the space that together contain them all (latency tables time layers inside a network).
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-from nas.arch import Arch, BlockSpec, ConvSpec, conv_out_size, op_convention
-from nas.cost.layers import Layer, arch_layers, block_layers, head_layers, stem_layers
+from nas.arch import Arch, BlockSpec, ConvSpec, SegHeadSpec, conv_out_size, op_convention
+from nas.cost.layers import Layer, arch_layers, block_layers, head_layers, seg_head_layers, stem_layers
 from nas.cost.tablefile import RowKey
 from nas.ops.registry import get_kind, op_kinds
 
@@ -66,8 +66,10 @@ def _space_items(space: SearchSpace, ops: Sequence[str] | None) -> list[tuple[La
             put(stem_layers(space.in_channels, stem, hw), op, {"stem_out": c})
         hw = conv_out_size(hw, st.kernel_size, st.stride)
         prev = st.out_channels
+        sizes = []  # output size of every stage
         for i, s in enumerate(space.stages):
             hw_stage_out = conv_out_size(hw, 3, s.stride)
+            sizes.append(hw_stage_out)
             for j in range(max(s.depth)):
                 stride = s.stride if j == 0 else 1
                 h_in = hw if j == 0 else hw_stage_out
@@ -89,7 +91,17 @@ def _space_items(space: SearchSpace, ops: Sequence[str] | None) -> list[tuple[La
             for c in (fm.out_channels if fm is not None else (cin,)):
                 mix = None if fm is None else ConvSpec(c, 1, 1, fm.act, conv["dense"])
                 g = {f"s{last}_out": cin} if fm is None else {f"s{last}_out": cin, "fm_out": c}
-                put(head_layers(cin, hw, mix, None, conv["classifier"], space.num_classes), op, g)
+                if space.seg_head is None:
+                    put(head_layers(cin, hw, mix, None, conv["classifier"], space.num_classes), op, g)
+                    continue
+                sh = space.seg_head
+                # the skip: the output of stage skip_stage (its width is the last stage's when it is the last)
+                skip_widths = (cin,) if sh.skip_stage == last else space.stages[sh.skip_stage].out_channels
+                for h in sh.channels:
+                    head = SegHeadSpec(sh.skip_stage, h, sh.act, conv["dense"], conv["se"])
+                    for cs in skip_widths:
+                        put(seg_head_layers(cin, hw, mix, head, conv["classifier"], space.num_classes, cs, sizes[sh.skip_stage],
+                                            space.resolution), op, {**g, "head_ch": h, f"s{sh.skip_stage}_out": cs})
     return out
 
 

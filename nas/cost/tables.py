@@ -12,7 +12,7 @@ Two kinds of table, one class each, both cost models (``nas.cost.pricing.CostMod
 :class:`LookupTable` is their base: rows keyed by ``RowKey`` (file format: ``nas.cost.tablefile``),
 loading (``load`` returns the class of the file's kind), resuming (``open``), pricing (``price``:
 the sum of a network's layers' rows) and building (``nas.cost.build.TableBuilder``). Layers the
-energy model does not charge (BN, pooling, residual adds, SE pool / gate) have no rows in energy
+energy model does not charge (BN, pooling, residual adds, SE pool / gate, upsampling) have no rows in energy
 tables and cost 0 there. Latency tables also carry the python overhead of the containers in
 their header (``overhead_ms``), added once per network, once per block and once per layer.
 """

@@ -150,6 +150,10 @@ class DatasetSplits:
     flip: bool = True
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    # "segmentation": splits yield per-pixel masks (nas.data.segmentation) instead of labels;
+    # ``seg_scale``: the zoom range of their joint training augmentation
+    task: str = "classification"
+    seg_scale: tuple[float, float] = (0.5, 2.0)
 
     @property
     def num_classes(self) -> int:

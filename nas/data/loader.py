@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import DatasetSplits, class_counts, shares, stratified_split
+from .base import SPLIT_SEED, DatasetSplits, class_counts, shares, stratified_split
 from .transforms import AUGMENTS, BatchTransform
 
 DATASETS: dict[str, str] = {
@@ -27,7 +27,23 @@ DATASETS: dict[str, str] = {
     "cifar10": "CIFAR-10 from your copy of the official python version (--data-root); 45k/5k/10k",
     "cifar100": "CIFAR-100 from your copy of the official python version (--data-root); 45k/5k/10k",
     "folder": "an image folder, one subfolder per class (--data-root); train/ val/ [test/] or auto 80/10/10",
+    "mnistseg": "segmentation: 64x64 canvases of bundled MNIST digits, 11 classes (background + 10 digits); 4000/500/500",
+    "voc": "segmentation: Pascal VOC's layout (--data-root: JPEGImages/, SegmentationClass/, ImageSets/Segmentation/); 21 classes",
+    "segfolder": "segmentation: images/ + masks/ (class-index PNGs, same stems) under --data-root; train/ val/ [test/] or auto 80/10/10",
 }
+SEGMENTATION_DATASETS = ("mnistseg", "voc", "segfolder")
+
+
+def dataset_task(name: str) -> str:
+    """The task a ``--dataset`` name is for (``classification`` or ``segmentation``)."""
+    return "segmentation" if name in SEGMENTATION_DATASETS else "classification"
+
+
+def check_dataset_task(dataset: str, task: str) -> None:
+    """One line when ``--dataset`` and ``--task`` do not go together."""
+    if dataset in DATASETS and dataset_task(dataset) != task:
+        fitting = [k for k in DATASETS if dataset_task(k) == task]
+        raise ConfigError("dataset", dataset, f"a {dataset_task(dataset)} dataset; with --task {task} use one of: {', '.join(fitting)}")
 
 _STREAM_ORDER, _STREAM_AUGMENT, _STREAM_CALIBRATION = 0, 1, 2
 
@@ -65,6 +81,16 @@ def load_dataset(
         from .folder import load_folder
 
         return load_folder(root, val_size=val_size)
+    if name in SEGMENTATION_DATASETS:
+        from . import segmentation as seg
+
+        if labels != "fine":
+            raise ConfigError("labels", labels, "only CIFAR-100 has a label option")
+        if name == "mnistseg":
+            if root is not None or val_size is not None:
+                raise ConfigError("dataset", name, "mnistseg is bundled with a fixed split: no --data-root or val_size")
+            return seg.load_mnistseg()
+        return seg.load_voc(root) if name == "voc" else seg.load_segfolder(root, val_size=val_size)
     raise ConfigError("dataset", name, f"one of: {', '.join(DATASETS)}")
 
 
@@ -87,7 +113,14 @@ class EvalBatches:
         order = torch.arange(len(self.split))
         index_batches = list(order.split(self.batch_size))
         for images, labels in self.split.batches(index_batches, self.resolution, self.num_workers, self.device):
-            yield self.transform(_to(images, self.device)), _to(labels, self.device)
+            yield _apply(self.transform, _to(images, self.device), _to(labels, self.device))
+
+
+def _apply(transform, images: Tensor, labels: Tensor, gen: torch.Generator | None = None, rows=None) -> tuple[Tensor, Tensor]:
+    """The transform of a batch: of the images alone, or (segmentation) of images and masks together."""
+    if getattr(transform, "joint", False):
+        return transform.pair(images, labels, gen, rows)
+    return transform(images, gen, rows), labels
 
 
 def _to(t: Tensor, device) -> Tensor:
@@ -173,7 +206,7 @@ class TrainBatches:
             gen = _generator(self.seed, _STREAM_AUGMENT, epoch, b) if self.augment else None
             n = sizes[b - start]
             rows = None if self.world_size == 1 else (n, torch.arange(self.rank, n, self.world_size))
-            x, y = self.transform(_to(images, self.device), gen, rows), _to(labels, self.device)
+            x, y = _apply(self.transform, _to(images, self.device), _to(labels, self.device), gen, rows)
             self._batch = b + 1  # before yielding: a state_dict taken now points past this batch
             yield x, y
         self._normalise_position()
@@ -195,6 +228,7 @@ class Loaders:
     in_channels: int = 3
     data: DatasetSplits | None = field(default=None, repr=False)
     transform: BatchTransform | None = field(default=None, repr=False)
+    task: str = "classification"
 
 
 def _positive_int(field_name: str, value: Any, minimum: int = 1) -> int:
@@ -204,6 +238,14 @@ def _positive_int(field_name: str, value: Any, minimum: int = 1) -> int:
 
 
 def _train_transform(data: DatasetSplits, resolution: int, flip: bool | None, augment_kind: str | None) -> BatchTransform:
+    if data.task == "segmentation":
+        from .segmentation import SegTransform
+
+        kind = data.augment if augment_kind is None else augment_kind
+        if kind not in ("scale", "none"):
+            raise ConfigError("augment_kind", kind, "a segmentation dataset: scale or none")
+        return SegTransform(mean=data.mean, std=data.std, scale=data.seg_scale, flip=data.flip if flip is None else bool(flip),
+                            out_channels=data.channels * (3 // data.channels), augment=kind)
     kind = data.augment if augment_kind is None else augment_kind
     if kind not in AUGMENTS:
         raise ConfigError("augment_kind", kind, f"one of: {', '.join(AUGMENTS)}")
@@ -257,7 +299,12 @@ def build_loaders(
         data = load_dataset(dataset, root, val_size=val_size, labels=labels)
 
     train_split = data.train
-    if max_train_images is not None:
+    if max_train_images is not None and data.task == "segmentation":  # no image labels: a fixed random subset
+        n = _positive_int("max_train_images", max_train_images)
+        if n < len(train_split):
+            keep = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(SPLIT_SEED))[:n]
+            train_split = train_split.subset(torch.sort(keep).values)
+    elif max_train_images is not None:
         n = _positive_int("max_train_images", max_train_images)
         if n < len(train_split):
             counts = class_counts(train_split.labels, data.num_classes)
@@ -282,6 +329,7 @@ def build_loaders(
         in_channels=transform.out_channels,
         data=data,
         transform=transform,
+        task=data.task,
     )
 
 
@@ -320,5 +368,5 @@ def calibration_batches(
     batches = split.batches(list(picks.split(batch_size)), res, 0, device)
     for b, (images, labels) in enumerate(batches):
         gen = _generator(seed, _STREAM_CALIBRATION, b) if augment else None
-        out.append((transform(_to(images, device), gen), _to(labels, device)))
+        out.append(_apply(transform, _to(images, device), _to(labels, device), gen))
     return out

@@ -79,8 +79,61 @@ class MBConv(nn.Module):
         return x + y if self.shortcut else y
 
 
+class SegHead(nn.Module):
+    """The LR-ASPP-style segmentation head of ``Arch.seg_head`` (``seg_logits`` is its forward).
+
+    ``cbr``: 1x1 conv + BN + act on the last features; ``scale``: 1x1 conv + BN on their global
+    average (the gate, through a hard sigmoid as in the SE blocks: piecewise linear, no exponential
+    to compute on an MF device); ``high_classifier`` / ``low_classifier``: 1x1 convs with
+    bias on the gated branch and on the skip."""
+
+    def __init__(self, arch: Arch, cin: int, skip_in: int, op_options: dict | None = None):
+        super().__init__()
+        h, k, op = arch.seg_head, arch.num_classes, arch.classifier.op
+        self.cbr = ConvBNAct(h.op, cin, h.channels, 1, act=h.act, op_options=op_options)
+        self.scale = ConvBNAct(h.gate_op, cin, h.channels, 1, act="none", op_options=op_options)
+        self.high_classifier = create_conv(op, h.channels, k, 1, bias=True, **options_for(op, op_options))
+        self.low_classifier = create_conv(op, skip_in, k, 1, bias=True, **options_for(op, op_options))
+
+
+def seg_logits(head: nn.Module, x: torch.Tensor, skip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The segmentation head's forward (static or supernet): per-pixel logits at ``size``.
+
+    The high branch is classified at its own (low) resolution and its class logits upsampled:
+    for a linear classifier (mult or shift: bilinear weights sum to one) this equals LR-ASPP's
+    upsample-then-classify, on ``num_classes`` instead of ``channels`` channels."""
+    gate = F.hardsigmoid(head.scale(F.adaptive_avg_pool2d(x, 1)))
+    y = upsample(head.high_classifier(head.cbr(x) * gate), skip.shape[-2:])
+    return upsample(y + head.low_classifier(skip), size)
+
+
+def upsample(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear upsampling (half-pixel centres: ``align_corners=False``; ONNX ``Resize``)."""
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def dense_features(net: nn.Module, x: torch.Tensor, blocks, skip_stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stem, blocks (``blocks``: per stage, the block indices to run) and feature mix of a
+    segmentation network (static or supernet): the last features and the skip's (the output of
+    stage ``skip_stage``)."""
+    x = net.stem(x)
+    skip = None
+    for i, idx in enumerate(blocks):
+        for j in idx:
+            x = net.stages[i][j](x)
+        if i == skip_stage:
+            skip = x
+    if net.feature_mix is not None:
+        x = net.feature_mix(x)
+    return x, skip
+
+
 class Network(nn.Module):
-    """A static MobileNet-family network: stem, stages of MBConv blocks, head, classifier."""
+    """A static MobileNet-family network: stem, stages of MBConv blocks, head, classifier
+    (segmentation: stem, stages, feature mix, ``SegHead``)."""
 
     def __init__(self, arch: Arch, op_options: dict | None = None):
         super().__init__()
@@ -102,6 +155,10 @@ class Network(nn.Module):
             pp = arch.post_pool
             self.post_pool = ConvBNAct(pp.op, c, pp.out_channels, 1, act=pp.act, bn=False, op_options=op_options)
             c = pp.out_channels
+        if arch.is_segmentation:
+            skip_in = arch.stages[arch.seg_head.skip_stage].blocks[-1].out_channels
+            self.head = SegHead(arch, c, skip_in, op_options)
+            return
         self.dropout = nn.Dropout(arch.classifier.dropout) if arch.classifier.dropout > 0 else nn.Identity()
         op = arch.classifier.op
         self.classifier = create_linear(op, c, arch.num_classes, bias=True, **options_for(op, op_options))
@@ -114,6 +171,9 @@ class Network(nn.Module):
         return pooled_features(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.arch.is_segmentation:
+            f, skip = dense_features(self, x, [range(len(st)) for st in self.stages], self.arch.seg_head.skip_stage)
+            return seg_logits(self.head, f, skip, x.shape[-2:])
         return self.classifier(self.dropout(self.forward_features(x)))
 
 

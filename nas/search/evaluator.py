@@ -1,9 +1,11 @@
 """Evaluator and Pricer: what the searches see of a network (its accuracy, its cost).
 
 ``Evaluator`` measures a configuration of a trained DynamicNet the way OFA does: BatchNorm
-statistics re-estimated on a fixed set of cached training batches, then accuracy on cached
-validation batches, on the device the network and the batches live on, under the run's precision. Results are cached by the canonical architecture id (plus the block indices),
-so a search never pays twice for the same network.
+statistics re-estimated on a fixed set of cached training batches, then the task's metric on
+cached validation batches (top-1 accuracy; mIoU for a segmentation network: the objective of both
+search stages), on the device the network and the batches live on, under the run's precision.
+Results are cached by the canonical architecture id (plus the block indices), so a search never
+pays twice for the same network.
 
 ``Pricer`` prices the MF version of a network for a budget, from the space's lookup table (layer
 shapes it lacks are computed and added), in the budget's unit (mJ or ms).
@@ -42,6 +44,9 @@ class Evaluator:
         self.precision = precision
         self.cache: dict[str, float] = {}
         self.calls = 0
+        from nas.train.tasks import task_of
+
+        self.task = task_of(net.max_arch.task)
 
     @staticmethod
     def key(arch: Arch, blocks: list[list[int]] | None = None) -> str:
@@ -58,11 +63,17 @@ class Evaluator:
         with autocast(next(self.net.parameters()).device, self.precision):
             reset_bn(self.net, self.calib)
             self.net.eval()
-            correct = total = 0
-            for x, y in self.val:
-                correct += (self.net(x).argmax(1) == y).sum().item()
-                total += y.numel()
-        acc = 100.0 * correct / total
+            if self.task.name == "classification":
+                correct = total = 0
+                for x, y in self.val:
+                    correct += (self.net(x).argmax(1) == y).sum().item()
+                    total += y.numel()
+                acc = 100.0 * correct / total
+            else:  # the task's metric over the whole validation set (mIoU: one confusion matrix)
+                meter = self.task.meter(arch.num_classes)
+                for x, y in self.val:
+                    meter.update(self.net(x).float(), y)
+                acc = meter.result("val")[f"val_{self.task.metric}"]
         self.cache[k] = acc
         return acc
 

@@ -56,9 +56,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenet": dict(space="mobile224", dataset="folder", supernet_epochs=120, population=100, generations=20, trials=300,
                      final_epochs=150, batch_size=256, lr=0.1, eval_images=10000, bn_images=2000, max_train_images=None),
 }
+# --task segmentation: what changes in a preset (None: the preset has no segmentation space, give
+# --space). quick: seg64 at 64 px on the bundled mnistseg, 1000 training canvases (4x the pixels
+# of mnist5k's images per canvas) and 200-image evaluations, so the search stays within minutes.
+TASK_PRESETS: dict[str, dict[str, dict[str, Any] | None]] = {
+    "segmentation": {
+        "quick": dict(space="seg64", dataset="mnistseg", max_train_images=1000, eval_images=200, bn_images=200),
+        "paper": None,
+        "imagenet": None,
+    },
+}
 DEFAULT_DATASET = "mnist5k"  # when neither --dataset nor the preset names one
 # Class counts of the datasets that fix theirs; a folder's is known only once it is read.
-DATASET_CLASSES = {"mnist5k": 10, "cifar10": 10, "cifar100": 100}
+DATASET_CLASSES = {"mnist5k": 10, "cifar10": 10, "cifar100": 100, "mnistseg": 11, "voc": 21}
 LOG_AXIS_SPAN = 10.0  # the Pareto plot's cost axis turns logarithmic when candidates span more than this factor
 PRESET_DEFAULTS: dict[str, Any] = {"warmup_epochs": 1.0}  # what a preset that does not say uses
 STATE_VERSION = 1
@@ -98,22 +108,35 @@ class SearchConfig:
     device: str = "auto"  # auto (CUDA when available, else CPU), cpu, cuda, cuda:N
     precision: str = "fp32"  # fp32, bf16, fp16: autocast of the multiplicative layers (MF layers: fp32)
     workers: int = 0  # data loader worker processes
+    task: str = "classification"  # segmentation: a segmentation space and dataset, mIoU as the objective
 
     def resolved(self) -> "SearchConfig":
         """Fill every unset field from the preset and validate."""
+        from nas.arch import TASKS
+        from nas.data.loader import check_dataset_task
+
         if self.preset not in PRESETS:
             raise ConfigError("--preset", self.preset, f"allowed: {', '.join(PRESETS)}")
+        if self.task not in TASKS:
+            raise ConfigError("--task", self.task, f"allowed: {', '.join(TASKS)}")
         if self.op not in mf_kinds():
             raise ConfigError("--op", self.op, f"allowed: {', '.join(mf_kinds())} (the TargetNet is multiplication-free)")
         parse_budget(self.budget)
         d = dataclasses.asdict(self)
         preset = {**PRESET_DEFAULTS, **PRESETS[self.preset]}
+        if self.task in TASK_PRESETS:
+            over = TASK_PRESETS[self.task][self.preset]
+            if over is None and self.space is None:
+                raise ConfigError("--space", None, f"the {self.preset} preset has no {self.task} space: give --space "
+                                  f"(a YAML file with task: {self.task}; shipped: seg64, the quick preset's)")
+            preset = {**preset, **(over or {"dataset": None})}
         if d["lr"] is None and d["batch_size"] not in (None, preset["batch_size"]):  # linear scaling: the preset's lr is for its batch
             d["lr"] = preset["lr"] * d["batch_size"] / preset["batch_size"]
         for k, v in preset.items():
             if d.get(k) is None:
                 d[k] = v
-        d["dataset"] = d["dataset"] or DEFAULT_DATASET
+        d["dataset"] = d["dataset"] or (DEFAULT_DATASET if self.task == "classification" else "mnistseg")
+        check_dataset_task(d["dataset"], self.task)
         for k in ("supernet_epochs", "population", "generations", "trials", "final_epochs", "batch_size", "eval_images", "bn_images"):
             if not isinstance(d[k], int) or d[k] < 1:
                 raise ConfigError(f"--{k.replace('_', '-')}", d[k], "expected a positive integer")
@@ -125,7 +148,19 @@ class SearchConfig:
         return SearchConfig(**d)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["task"] == "classification":  # as before the field existed: runs from then still resume (config hash)
+            del d["task"]
+        return d
+
+
+def load_space(cfg: SearchConfig) -> SearchSpace:
+    """The run's search space; one line when it is for another task than ``cfg.task``."""
+    space = SearchSpace.load(cfg.space)
+    if space.task != cfg.task:
+        raise ConfigError("--space", cfg.space, f"a {space.task} space; --task {cfg.task} needs a {cfg.task} space"
+                          + (" (shipped: seg64)" if cfg.task == "segmentation" else " (shipped: tiny, paper160, mobile224)"))
+    return space
 
 
 class SearchRun:
@@ -167,7 +202,7 @@ class SearchRun:
         from nas.train.loop import resolve_device
 
         c = self.cfg
-        base = SearchSpace.load(c.space)  # bad input fails here, before the run directory exists
+        base = load_space(c)  # bad input fails here, before the run directory exists
         self.device = resolve_device(c.device)
         self.loaders = build_loaders(c.dataset, c.data_root, resolution=base.resolution, batch_size=c.batch_size,
                                      seed=c.seed, max_train_images=c.max_train_images, num_workers=c.workers,
@@ -298,6 +333,7 @@ class SearchRun:
                          resolution=self.space.resolution, batch_size=c.batch_size, epochs=c.final_epochs, lr=c.lr,
                          seed=c.seed, max_train_images=c.max_train_images, bn_images=c.bn_images,
                          warmup_epochs=min(c.warmup_epochs, c.final_epochs), device=c.device, precision=c.precision, workers=c.workers,
+                         task=c.task,
                          subnet=subnet.to_dict(), target_arch=target["target"], target_blocks=target["blocks"],
                          inherit=str(self.out / "supernet.pt"))
         if (train_dir / "config.json").is_file():  # resume it, if it trains this TargetNet
@@ -387,7 +423,7 @@ class SearchRun:
         if not binds or max(costs) > LOG_AXIS_SPAN * min(costs):
             ax.set_xscale("log")
         ax.set_xlabel(f"{self.budget.metric} of the {self.cfg.op} TargetNet ({self.budget.unit})")
-        ax.set_ylabel("supernet accuracy (%)")
+        ax.set_ylabel(f"supernet {_objective_label(self.cfg.task)} (%)")
         ax.set_title(f"stage two: {self.cfg.op} TargetNets cut from the SubNet")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -398,6 +434,10 @@ class SearchRun:
         cost = json.loads((self.out / "target" / "cost.json").read_text())
         target = Arch.load(self.out / "target" / "arch.json")
         value = cost["energy_mJ"] if self.budget.metric == "energy" else cost["latency_ms"]
+        from nas.train.tasks import task_of
+
+        obj = "accuracy" if self.cfg.task == "classification" else task_of(self.cfg.task).metric  # the search's objective
+        m = task_of(self.cfg.task).metric
         summary = {
             "schema_version": 1,
             "budget": str(self.budget),
@@ -410,9 +450,12 @@ class SearchRun:
             "meets_budget": value <= self.budget.value * (1 + 1e-9),
             "macs": cost["counts"]["macs"],
             "params": cost["counts"]["params"],
-            "accuracy": {"val": tr["val_acc"], "test": tr["test_acc"], "supernet_estimate": s2["accuracy"]},
+            "objective": obj,
+            obj: {"val": tr[f"val_{m}"], "test": tr[f"test_{m}"], "supernet_estimate": s2["accuracy"]},
+            **({} if self.cfg.task == "classification" else
+               {"task": self.cfg.task, "pixel_acc": {"val": tr["val_pixel_acc"], "test": tr["test_pixel_acc"]}}),
             "subnet": {"arch_id": Arch.from_dict(s1["subnet"]).arch_id, "multiple": s1["multiple"], "cost": s1["cost"],
-                       "supernet_accuracy": s1["accuracy"]},
+                       f"supernet_{obj}": s1["accuracy"]},
             "target_arch_id": target.arch_id,
             "time_s": round(seconds, 1),
             "paths": {k: str(self.out / v) for k, v in {
@@ -439,17 +482,19 @@ def space_cost_range(space: SearchSpace, op: str, budget: Budget, hardware=None,
     return pricer.cost(space.min_arch()), pricer.cost(space.max_arch())
 
 
-def where_budget_binds(budget: Budget, op: str, hardware=None, bits: int = 32) -> list[dict]:
-    """The shipped spaces (``search_spaces/*.yaml``, each at its own resolution and class count)
-    whose cost range for ``op`` contains ``budget``, with the presets that search them."""
+def where_budget_binds(budget: Budget, op: str, hardware=None, bits: int = 32, task: str = "classification") -> list[dict]:
+    """The shipped spaces of ``task`` (``search_spaces/*.yaml``, each at its own resolution and
+    class count) whose cost range for ``op`` contains ``budget``, with the presets that search them."""
     from nas.paths import SEARCH_SPACES
 
     out = []
     for path in sorted(SEARCH_SPACES.glob("*.yaml")):
         space = SearchSpace.load(path)
+        if space.task != task:
+            continue
         lo, hi = space_cost_range(space, op, budget, hardware, bits)
         if lo <= budget.value < hi:
-            presets = sorted(k for k, v in PRESETS.items() if v["space"] == space.name)
+            presets = sorted(k for k, v in PRESETS.items() if _preset_space(k, task) == space.name)
             out.append({"space": space.name, "presets": presets, "cost_range": [lo, hi]})
     return out
 
@@ -465,7 +510,7 @@ def budget_preview(cfg: SearchConfig, num_classes: int | None = None) -> dict:
     """
     c = cfg.resolved()
     budget = parse_budget(c.budget)
-    base = SearchSpace.load(c.space)
+    base = load_space(c)
     if num_classes is not None:
         source = "dataset"
     elif c.dataset in DATASET_CLASSES:
@@ -475,15 +520,27 @@ def budget_preview(cfg: SearchConfig, num_classes: int | None = None) -> dict:
     space = base.with_task(num_classes=num_classes)
     lo, hi = space_cost_range(space, c.op, budget, c.hardware, c.bits)
     info = {
-        "schema_version": 1, "space": space.name, "preset": c.preset, "op": c.op, "dataset": c.dataset,
+        "schema_version": 1, "space": space.name, "preset": c.preset, "op": c.op, "dataset": c.dataset, "task": c.task,
         "resolution": space.resolution, "num_classes": num_classes, "num_classes_from": source,
         "hardware": c.hardware or "eyeriss-45nm", "bits": c.bits,
         "budget": budget.to_dict(), "metric": budget.metric, "unit": budget.unit,
         "cost_range": [lo, hi], "feasible": budget.value >= lo, "binds": lo <= budget.value < hi,
     }
     if not info["binds"]:
-        info["binds_in"] = where_budget_binds(budget, c.op, c.hardware, c.bits)
+        info["binds_in"] = where_budget_binds(budget, c.op, c.hardware, c.bits, c.task)
     return info
+
+
+def _preset_space(preset: str, task: str) -> str | None:
+    """The space a preset searches for ``task`` (None: it has none)."""
+    over = TASK_PRESETS.get(task, {}).get(preset, {}) if task in TASK_PRESETS else {}
+    return None if over is None else over.get("space", PRESETS[preset]["space"])
+
+
+def _objective_label(task: str) -> str:
+    from nas.train.tasks import task_of
+
+    return task_of(task).metric_label
 
 
 def binds_in_text(info: dict) -> str:
@@ -565,14 +622,16 @@ def _report(run: SearchRun, s: dict, b: dict, target: Arch) -> str:
     if not b["binds"]:
         lines += [f"> The budget does not bind: the largest {s['op']} network of the space costs {hi:.4g} {unit}; "
                   f"{binds_in_text(b)}.", ""]
+    obj, label = s["objective"], _objective_label(run.cfg.task)
     lines += [
         "| | value |",
         "|---|---|",
         f"| TargetNet {b['metric']} | {s['energy_mJ']:.4g} mJ, {s['latency_ms']:.4g} ms ({'meets' if s['meets_budget'] else 'misses'} the budget) |",
         f"| MACs / params | {s['macs'] / 1e6:.3f} M / {s['params'] / 1e6:.4f} M |",
-        f"| accuracy (test / val) | {s['accuracy']['test']:.2f}% / {s['accuracy']['val']:.2f}% |",
-        f"| supernet estimate before training | {s['accuracy']['supernet_estimate']:.2f}% |",
-        f"| SubNet (stage one) | multiple {s['subnet']['multiple']}, cost {s['subnet']['cost']:.4g} {unit}, supernet accuracy {s['subnet']['supernet_accuracy']:.2f}% |",
+        f"| {label} (test / val) | {s[obj]['test']:.2f}% / {s[obj]['val']:.2f}% |",
+        *([f"| pixel accuracy (test / val) | {s['pixel_acc']['test']:.2f}% / {s['pixel_acc']['val']:.2f}% |"] if "pixel_acc" in s else []),
+        f"| supernet estimate before training | {s[obj]['supernet_estimate']:.2f}% |",
+        f"| SubNet (stage one) | multiple {s['subnet']['multiple']}, cost {s['subnet']['cost']:.4g} {unit}, supernet {label} {s['subnet'][f'supernet_{obj}']:.2f}% |",
         f"| space cost range | {lo:.4g} ... {hi:.4g} {unit} |",
         f"| wall time | {s['time_s']:.0f} s |",
         "",

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.arch import Arch, BlockSpec, block_in_channels
-from nas.models.static import build_act, build_model, pooled_features
+from nas.models.static import build_act, build_model, dense_features, pooled_features, seg_logits
 from nas.ops.hybrid import HybridConv2d, HybridLinear
 
 
@@ -116,6 +116,29 @@ class DynMBConv(nn.Module):
         return x + y if self.shortcut else y
 
 
+class DynSegHead(nn.Module):
+    """The elastic segmentation head (``nas.models.static.SegHead``): hidden channels elastic,
+    classifiers elastic in their input channels."""
+
+    def __init__(self, max_arch: Arch, max_in: int, max_skip: int, **hybrid):
+        super().__init__()
+        h, k = max_arch.seg_head, max_arch.num_classes
+        self.cbr = DynConvBNAct(max_in, h.channels, 1, act=h.act, **hybrid)
+        self.scale = DynConvBNAct(max_in, h.channels, 1, act="none", **hybrid)
+        self.high_classifier = HybridConv2d(h.channels, k, 1, bias=True, **hybrid)
+        self.low_classifier = HybridConv2d(max_skip, k, 1, bias=True, **hybrid)
+
+    def configure(self, a: Arch, ref: Arch, c_ref: int) -> None:
+        """Active widths of ``a``; MF prefixes (operators and channels) of ``ref`` (the TargetNet
+        in the hybrid configuration, else ``a`` itself) whose last features have ``c_ref`` channels."""
+        h, rh, k = a.seg_head, ref.seg_head, a.num_classes
+        self.cbr.conv.configure(h.channels, None, rh.op, rh.channels, c_ref)
+        self.scale.conv.configure(h.channels, None, rh.gate_op, rh.channels, c_ref)
+        self.high_classifier.configure(k, None, ref.classifier.op, k, rh.channels)
+        skip_ref = ref.stages[rh.skip_stage].blocks[-1].out_channels
+        self.low_classifier.configure(k, None, ref.classifier.op, k, skip_ref)
+
+
 @dataclass(frozen=True)
 class _LayerTarget:
     """MF prefix of one conv in the hybrid configuration."""
@@ -148,7 +171,11 @@ class DynamicNet(nn.Module):
         if a.post_pool is not None:
             self.post_pool = DynConvBNAct(c, a.post_pool.out_channels, 1, act=a.post_pool.act, bn=False, **hy)
             c = a.post_pool.out_channels
-        self.classifier = HybridLinear(c, a.num_classes, remap=remap, op_options=op_options)
+        if a.is_segmentation:  # a dense head instead of the classifier
+            self.head = DynSegHead(a, c, a.stages[a.seg_head.skip_stage].blocks[-1].out_channels, **hy)
+            self.classifier = None
+        else:
+            self.classifier = HybridLinear(c, a.num_classes, remap=remap, op_options=op_options)
         self.dropout_rate = a.classifier.dropout
         self.generator: torch.Generator | None = None  # the dropout masks' stream (set by TrainLoop); None: torch's global one
         # Residual blocks start as the identity (last BN scale 0, Goyal et al. 2017). Deep adder
@@ -188,6 +215,12 @@ class DynamicNet(nn.Module):
             h, mh = getattr(arch, head), getattr(m, head)
             if (h is None) != (mh is None) or (h is not None and h.out_channels > mh.out_channels):
                 raise err(f"{head} does not fit")
+        if arch.task != m.task:
+            raise err(f"{arch.name} is a {arch.task} network, {m.name} a {m.task} one")
+        if arch.seg_head is not None:
+            h, mh = arch.seg_head, m.seg_head
+            if h.skip_stage != mh.skip_stage or h.act != mh.act or h.channels > mh.channels:
+                raise err(f"seg_head {h} does not fit {mh}")
 
     def set_active_subnet(
         self,
@@ -255,7 +288,10 @@ class DynamicNet(nn.Module):
             pp, rpp = a.post_pool, ref.post_pool
             self.post_pool.conv.configure(pp.out_channels, None, rpp.op, rpp.out_channels, c_ref)
             c_ref = rpp.out_channels
-        self.classifier.configure(ref.classifier.op, c_ref)
+        if a.is_segmentation:
+            self.head.configure(a, ref, c_ref)
+        else:
+            self.classifier.configure(ref.classifier.op, c_ref)
 
     # ------------------------------------------------------------------------------ forward / export
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,6 +302,9 @@ class DynamicNet(nn.Module):
         return pooled_features(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.classifier is None:  # segmentation: per-pixel logits at the input size
+            f, skip = dense_features(self, x, self.active_blocks, self.max_arch.seg_head.skip_stage)
+            return seg_logits(self.head, f, skip, x.shape[-2:])
         x = self.forward_features(x)
         if self.dropout_rate > 0 and self.training:
             x = _dropout(x, self.dropout_rate, self.generator)
@@ -295,7 +334,14 @@ class DynamicNet(nn.Module):
         if a.post_pool is not None:
             _copy_cba(self.post_pool, net.post_pool, c)
             c = a.post_pool.out_channels
-        net.classifier = self.classifier.export(c)
+        if a.is_segmentation:
+            h = a.seg_head
+            _copy_cba(self.head.cbr, net.head.cbr, c)
+            _copy_cba(self.head.scale, net.head.scale, c)
+            net.head.high_classifier = self.head.high_classifier.export(h.channels)
+            net.head.low_classifier = self.head.low_classifier.export(a.stages[h.skip_stage].blocks[-1].out_channels)
+        else:
+            net.classifier = self.classifier.export(c)
         return net.train(self.training)
 
     def regularizer(self) -> torch.Tensor | None:

@@ -59,8 +59,11 @@ class SupernetTrainer(TrainLoop):
         steps = len(loaders.train)
         super().__init__(loaders, epochs=epochs, lr=lr, warmup_steps=min(steps, epochs * steps // 4), seed=seed,
                          weight_decay=weight_decay, device=device, precision=precision, dist=dist, progress=progress)
+        from nas.train.tasks import task_of
+
         self.space, self.op, self.out = space, op, Path(out)
         self.label_smoothing = label_smoothing
+        self.task = task_of(space.task)  # segmentation: per-pixel loss (distillation is per pixel as it is)
         self.setup_model(lambda: DynamicNet(space.max_arch(), remap=remap, op_options=op_options))
         self.py_rngs["sampler"] = random.Random(seed + 2)
         self.largest = space.max_arch()
@@ -85,7 +88,7 @@ class SupernetTrainer(TrainLoop):
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         net = self.net
         net.set_active_subnet(self.largest)
-        logits, _ = self.forward_backward(x, lambda out: F.cross_entropy(out, y, label_smoothing=self.label_smoothing), last=False)
+        logits, _ = self.forward_backward(x, lambda out: self.task.loss(out, y, self.label_smoothing), last=False)
         soft = logits.detach()
         sub, target, blocks = self.sample_pair()
         self.samples.append((sub.arch_id, target.arch_id, blocks))
@@ -96,8 +99,8 @@ class SupernetTrainer(TrainLoop):
         net.set_active_subnet(*self.smallest)
         self.forward_backward(x, lambda out: distill_loss(out, soft), last=True)
         logits = logits.detach().float()
-        return {"loss_largest": F.cross_entropy(logits, y).item(), "loss_target": loss_t.item(),
-                "acc_largest": (logits.argmax(1) == y).float().mean().item()}
+        return {"loss_largest": self.task.loss(logits, y).item(), "loss_target": loss_t.item(),
+                "acc_largest": self.task.batch_acc(logits, y)}
 
     def postfix(self, stats: dict[str, float]) -> dict[str, str]:
         return {"largest": f"{100 * stats['acc_largest']:.0f}%", "target": f"{stats['loss_target']:.2f}"}

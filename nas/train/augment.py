@@ -110,6 +110,8 @@ class Augmenter:
         for head in ("feature_mix", "post_pool"):
             if d[head] is not None:
                 d[head]["out_channels"] = widen(d[head]["out_channels"], w)
+        if s.seg_head is not None:  # the segmentation head's hidden channels widen with the stages
+            d["seg_head"]["channels"] = widen(s.seg_head.channels, w)
         arch = Arch.from_dict(d)
         if keep_extra is None:
             return arch
@@ -159,4 +161,5 @@ class MutationSchedule:
         )
         fm = t.feature_mix if t.feature_mix is None or "head" in done else dataclasses.replace(t.feature_mix, op="mult")
         pp = t.post_pool if t.post_pool is None or "head" in done else dataclasses.replace(t.post_pool, op="mult")
-        return t.replace(stem=stem, stages=stages, feature_mix=fm, post_pool=pp)
+        sh = t.seg_head if t.seg_head is None or "head" in done else dataclasses.replace(t.seg_head, op="mult", gate_op="mult")
+        return t.replace(stem=stem, stages=stages, feature_mix=fm, post_pool=pp, seg_head=sh)

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from nas.arch import Arch
 from nas.errors import ConfigError
@@ -112,6 +111,8 @@ class TrainConfig:
     target_arch: dict | None = None
     target_blocks: list[list[int]] | None = None
     inherit: str | None = None
+    # "classification" or "segmentation" (a segmentation dataset; zoo models get an LR-ASPP head)
+    task: str = "classification"
 
     def validate(self) -> "TrainConfig":
         from nas.ops.remap import REMAP_KINDS
@@ -120,7 +121,12 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(name, getattr(self, name), allowed)
 
+        from nas.arch import TASKS
+        from nas.data.loader import check_dataset_task
+
         check("op", self.op in op_kinds(), f"allowed: {', '.join(op_kinds())}")
+        check("task", self.task in TASKS, f"allowed: {', '.join(TASKS)}")
+        check_dataset_task(self.dataset, self.task)
         check("aug", self.aug in AUG_KINDS, f"allowed: {', '.join(AUG_KINDS)}")
         check("remap", self.remap in REMAP_KINDS, f"allowed: {', '.join(REMAP_KINDS)}")
         check("hybrid", self.hybrid in ("mf", "mult"), "allowed: mf, mult")
@@ -158,6 +164,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["width_mults"], d["expand_mults"] = list(self.width_mults), list(self.expand_mults)
+        if d["task"] == "classification":  # as before the field existed: runs from then still resume (config hash)
+            del d["task"]
         return d
 
     @staticmethod
@@ -194,8 +202,21 @@ def resolve_target(cfg: TrainConfig, num_classes: int, resolution: int) -> tuple
         target = zoo_arch(cfg.model, cfg.op, resolution, num_classes)
     else:
         target = resize(Arch.load(cfg.arch).with_ops(cfg.op), resolution, num_classes)
+    target = _for_task(target, cfg.task, cfg.model or cfg.arch)
     sub, tb = subnet_for(target, cfg.aug_depth)
     return target, sub, tb
+
+
+def _for_task(arch: Arch, task: str, source: str) -> Arch:
+    """A zoo model or classification Arch file as a segmentation network (``--task segmentation``:
+    its backbone with the default LR-ASPP head); a segmentation file for classification is refused."""
+    from nas.arch import to_segmentation
+
+    if task == "segmentation":
+        return to_segmentation(arch)
+    if arch.is_segmentation:
+        raise ConfigError("task", task, f"{source} is a segmentation network: train it with --task segmentation")
+    return arch
 
 
 class Trainer(TrainLoop):
@@ -211,16 +232,20 @@ class Trainer(TrainLoop):
                  export_dir: str | Path | None = None, device: str | torch.device | None = None,
                  dist: Distributed | None = None):
         from nas.data import build_loaders, calibration_batches
+        from nas.train.tasks import task_of
 
         self.cfg = cfg.validate()
+        self.task = task_of(cfg.task)
         self.out = Path(out)
         self.export_dir = Path(export_dir) if export_dir is not None else self.out / "target"
         device = resolve_device(device if device is not None else cfg.device)
         if loaders is None:
-            res = cfg.resolution or 32
+            res = cfg.resolution or self.task.default_resolution
             loaders = build_loaders(cfg.dataset, cfg.data_root, resolution=res, batch_size=cfg.batch_size,
                                     num_workers=cfg.workers, seed=cfg.seed, max_train_images=cfg.max_train_images,
                                     device=device)
+        if loaders.task != cfg.task:
+            raise ConfigError("task", cfg.task, f"the {loaders.name} data is for {loaders.task}")
         calib = calibration_batches(loaders, n_images=min(cfg.bn_images, loaders.train.num_images), batch_size=100, seed=cfg.seed)
         self.calib = [(x.to(device), y.to(device)) for x, y in calib]  # (a no-op when the loaders are on the device)
         steps = len(loaders.train)
@@ -272,7 +297,7 @@ class Trainer(TrainLoop):
         return self.mutation.target_at(self.global_step / max(1, self.total_steps))
 
     def _loss(self, logits, y):
-        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        loss = self.task.loss(logits, y, self.cfg.label_smoothing)
         reg = self.net.regularizer()
         return loss if reg is None else loss + self.cfg.kl_weight * reg
 
@@ -282,7 +307,7 @@ class Trainer(TrainLoop):
         target = self.target_now()
         net.set_active_subnet(target, self.target_blocks)
         logits, loss_t = self.forward_backward(x, lambda out: self._loss(out, y), last=self.augmenter is None)
-        out = {"lr": self.lr_now, "loss": loss_t.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+        out = {"lr": self.lr_now, "loss": loss_t.item(), "acc": self.task.batch_acc(logits, y)}
         if self.augmenter is not None:
             aug_arch, aug_blocks = self.augmenter.sample(self.py_rngs["aug"], progress)
             self.samples.append((aug_arch.arch_id, aug_blocks))
@@ -307,16 +332,12 @@ class Trainer(TrainLoop):
         with self.autocast():
             reset_bn(self.net, self.calib)
             self.net.eval()
-            correct = total = 0
-            loss = 0.0
+            meter = self.task.meter(self.loaders.num_classes)  # accuracy, or mIoU and pixel accuracy
             for x, y in getattr(self.loaders, split):
                 x, y = x.to(self.device), y.to(self.device)
-                logits = self.net(x).float()
-                loss += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
-                total += y.numel()
+                meter.update(self.net(x).float(), y)
         self.net.train()
-        return {f"{split}_acc": 100.0 * correct / total, f"{split}_loss": loss / total}
+        return meter.result(split)
 
     def export(self) -> dict:
         """The TargetNet as CPU float32 weights, whatever the training device and precision:
@@ -342,9 +363,11 @@ class Trainer(TrainLoop):
         row.update({f"train_{k}": round(v, 5) for k, v in means.items()})
         row["mf_units"] = f"{self.mutation.converted(self.global_step / self.total_steps)}/{len(self.mutation.units)}"
         row.update({k: round(v, 4) for k, v in self.evaluate("val").items()})
-        self.best_val = max(self.best_val, row["val_acc"])
+        metric = self.task.metric
+        self.best_val = max(self.best_val, row[f"val_{metric}"])
         if self.progress:
-            print(f"epoch {self.epoch}/{self.cfg.epochs}: loss {row['train_loss']:.3f}  val acc {row['val_acc']:.2f}%  ({row['time_s']:.1f}s)", flush=True)
+            print(f"epoch {self.epoch}/{self.cfg.epochs}: loss {row['train_loss']:.3f}  val {self.task.metric_label} "
+                  f"{row[f'val_{metric}']:.2f}%  ({row['time_s']:.1f}s)", flush=True)
         return row
 
     def write_logs(self, row: dict) -> None:
@@ -361,8 +384,9 @@ class Trainer(TrainLoop):
             _truncate_metrics(metrics_path, self.epoch)
         t_run = time.time()
         self.train_epochs(until_epoch)
+        metric = self.task.metric
         if self.epoch < self.cfg.epochs:
-            return {"epoch": self.epoch, "best_val_acc": self.best_val}
+            return {"epoch": self.epoch, f"best_val_{metric}": self.best_val}
         final = self.evaluate("test", self.target)
         val = self.evaluate("val", self.target)
         exported = self.export() if self.dist.is_writer else None
@@ -373,15 +397,18 @@ class Trainer(TrainLoop):
             "aug": self.cfg.aug,
             "remap": self.cfg.remap,
             "epochs": self.cfg.epochs,
-            "val_acc": round(val["val_acc"], 3),
-            "test_acc": round(final["test_acc"], 3),
-            "best_val_acc": round(self.best_val, 3),
+            f"val_{metric}": round(val[f"val_{metric}"], 3),
+            f"test_{metric}": round(final[f"test_{metric}"], 3),
+            f"best_val_{metric}": round(self.best_val, 3),
             "train_time_s": round(time.time() - t_run, 1),
             "export": exported,
         }
+        if self.cfg.task != "classification":  # mIoU above; pixel accuracy beside it
+            summary.update(task=self.cfg.task, val_pixel_acc=round(val["val_pixel_acc"], 3),
+                           test_pixel_acc=round(final["test_pixel_acc"], 3))
         if self.dist.is_writer:
             atomic_write_json(self.out / "summary.json", summary)
-            _plot_curves(metrics_path, self.out / "curves.png")
+            _plot_curves(metrics_path, self.out / "curves.png", f"val_{metric}", self.task.metric_label)
         return summary
 
     def runtime(self) -> dict:
@@ -448,7 +475,7 @@ def _append_metrics(path: Path, row: dict) -> None:
     _write_rows(path, rows + [row])
 
 
-def _plot_curves(metrics: Path, png: Path) -> None:
+def _plot_curves(metrics: Path, png: Path, column: str = "val_acc", label: str = "accuracy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -463,8 +490,8 @@ def _plot_curves(metrics: Path, png: Path) -> None:
     if "train_loss_aug" in df:
         ax[0].plot(df["epoch"], df["train_loss_aug"], label="augmented")
     ax[0].set_xlabel("epoch"), ax[0].set_ylabel("train loss"), ax[0].legend()
-    ax[1].plot(df["epoch"], df["val_acc"], marker="o")
-    ax[1].set_xlabel("epoch"), ax[1].set_ylabel("val accuracy (%)")
+    ax[1].plot(df["epoch"], df[column], marker="o")
+    ax[1].set_xlabel("epoch"), ax[1].set_ylabel(f"val {label} (%)")
     fig.tight_layout()
     atomic_savefig(fig, png, dpi=110)
     plt.close(fig)
