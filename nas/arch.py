@@ -609,9 +609,9 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
             c = blk.out_channels
         stages.append(StageSpec(tuple(blocks)))
     heads = {}
-    for head, k in (("feature_mix", 1), ("post_pool", 1)):
+    for head, kernel in (("feature_mix", 1), ("post_pool", 1)):
         v = d.get(head)
-        heads[head] = None if v is None else _conv_from_dict(v, f"{where}.{head}", k, 1)
+        heads[head] = None if v is None else _conv_from_dict(v, f"{where}.{head}", kernel, 1)
         if heads[head] is not None and (heads[head].kernel_size != 1 or heads[head].stride != 1):
             raise ConfigError(f"{where}.{head}", v, "the head convs are 1x1 with stride 1")
     cls = d.get("classifier", {})
