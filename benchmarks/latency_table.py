@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     import torch
 
     from nas.cost.latency import device_name, measure_archs, measure_overhead
-    from nas.cost.lut import LookupTable, space_layers
+    from nas.cost import LookupTable, space_layers
     from nas.space import SearchSpace
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

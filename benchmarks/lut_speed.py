@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE.parent))
 def main(argv=None) -> int:
     from nas.cost.counting import arch_layers
     from nas.cost.energy import clear_cache, price_arch
-    from nas.cost.lut import LookupTable, space_layers
+    from nas.cost import LookupTable, space_layers
     from nas.paths import LATENCY_TABLES
     from nas.space import SearchSpace
 

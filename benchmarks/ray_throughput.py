@@ -2,7 +2,7 @@
 
 Scores a fixed list of SubNets of the default space (``tiny``, the quick preset's 500 calibration
 and 500 validation images of mnist5k) in a random supernet, through the stage-one actors of
-``nas.search.ray_adapter.batch_fitness`` (one CPU and one torch thread each) on an in-process
+``nas.search.ray_executor.RayExecutor.evaluate`` (one CPU and one torch thread each) on an in-process
 Ray cluster of this machine (``--ray-address local``), and in this process with one torch thread
 for reference. Every repeat uses fresh actors (their evaluation cache would answer a second
 pass) warmed up on other SubNets first, alternates the order of the 1- and 2-actor runs, and the
@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     import torch
 
     from nas.io import atomic_torch_save
-    from nas.search import ray_adapter
     from nas.search.evaluator import Evaluator
+    from nas.search.ray_executor import RayExecutor, RayOptions, connect
     from nas.search.pipeline import SearchConfig, SearchRun
 
     torch.set_num_threads(1)
@@ -71,35 +71,38 @@ def main(argv=None) -> int:
         run = SearchRun(SearchConfig(space=args.space, ray_address="local", eval_images=args.images, bn_images=args.images),
                         Path(tmp) / "run", progress=False)
         run.setup()
-        atomic_torch_save(run.supernet_trainer().state_dict(), run.out / "supernet.pt")  # a random supernet
+        sup = run.supernet_job().trainer(run.loaders)
+        atomic_torch_save(sup.state_dict(), run.out / "supernet.pt")  # a random supernet
         rng = random.Random(0)
         pool = list({a.arch_id: a for a in (run.space.sample(rng, "subnet") for _ in range(20 * args.candidates))}.values())
         archs, spare = pool[: args.candidates], pool[args.candidates :]
 
         # reference: this process, one torch thread
-        ev = Evaluator(ray_adapter._supernet(run), run.calib, run.val)
+        ev = Evaluator(sup.net, run.calib, run.val)
         ev.accuracy(spare[-1])
         t0 = time.perf_counter()
         reference = [ev.accuracy(a) for a in archs]
         local_s = time.perf_counter() - t0
 
         t_connect = time.perf_counter()
-        ray_adapter.connect("local")
+        connect("local")
         t_connect = time.perf_counter() - t_connect
         times: dict[int, list[float]] = {1: [], 2: []}
         cores: dict[int, list[float]] = {1: [], 2: []}  # CPU seconds of the actors / wall seconds
         for r in range(args.repeats):
             for n in ((1, 2) if r % 2 == 0 else (2, 1)):
-                fit = ray_adapter.batch_fitness(run, workers=n)
+                ex = RayExecutor("local", Path(tmp) / "ray", RayOptions(eval_workers=n), progress=False)
+                remote = Evaluator(sup.net, run.calib, run.val)  # fresh: its cache would answer a second pass
                 try:
-                    pids = fit.pids()
-                    fit(spare[r * 8 : r * 8 + 2 * n])  # warm-up: every actor loads the payload, scores a net
+                    ex.evaluate(remote, [])  # starts the actors
+                    pids = ex.eval_pids()
+                    ex.evaluate(remote, spare[r * 8 : r * 8 + 2 * n])  # warm-up: every actor loads the payload, scores a net
                     c0, t0 = _cpu_seconds(pids), time.perf_counter()
-                    scores = fit(archs)
+                    scores = ex.evaluate(remote, archs)
                     times[n].append(time.perf_counter() - t0)
                     cores[n].append((_cpu_seconds(pids) - c0) / times[n][-1])
                 finally:
-                    fit.close()
+                    ex.release()
                 assert scores == reference, "Ray scores differ from the local ones"
                 print(f"repeat {r + 1}/{args.repeats}: {n} actor(s) {len(archs) / times[n][-1]:.1f} candidates/s, "
                       f"{cores[n][-1]:.2f} cores busy", flush=True)

@@ -1,13 +1,42 @@
-"""What ShiftAddAug costs at training time, against direct MF training of the same TargetNet.
+"""What ShiftAddAug costs at training time, measured on the steps of a real training schedule.
 
-In one process with one torch thread, for shift and add: the median time of a training step
-(``Trainer.train_step``: direct = one pass; ShiftAddAug = target pass + one sampled hybrid
-augmented pass) and the training memory of a step: parameters, gradients and momentum of the
-trained network plus the largest set of tensors saved for backward in any one pass (counted with
-``torch.autograd.graph.saved_tensors_hooks``, unique storages; the target pass's graph is freed by
-its backward before the augmented pass runs). Targets: <= 2.2x time, <= 2x memory.
+For shift and add, the TargetNet (default mbv2-tiny at 32 px, batch 64, bundled mnist5k) is set
+up for a real ``--epochs``-epoch ShiftAddAug run with NetAug's augmentation lists (width x1.0 /
+1.8 / 2.6, expand x1.0 / 1.6 / 2.2 / 2.8) and its training step (``Trainer.step``: learning rate,
+target pass forward + backward, one sampled hybrid augmented pass forward + backward, optimizer
+step) is measured at three points of that schedule:
 
-    python benchmarks/train_overhead.py [--model mbv2-tiny] [--steps 20]
+* ``start``   (progress 0): block mutation has turned only the stem MF, the rest of the TargetNet
+  still computes with multiplication;
+* ``all MF``  (just after the mutation third): the whole TargetNet is MF, width augmentation on;
+* ``late``    (progress 0.6): width augmentation has stopped (at 0.5), expand augmentation goes on;
+
+against direct training of the same TargetNet with the same operator (``--aug none``, whose step
+does not change over the schedule). Every ShiftAddAug point is measured with and without
+``aug_checkpoint`` (activation checkpointing of the augmented pass's blocks). The anchor is
+NetAug itself: a multiplicative TargetNet with multiplicative augmentation (``--op mult --aug
+netaug``, same lists) against direct multiplicative training, at ``start`` (width augmentation
+on) and ``late`` (off). Goals: memory ratio <= 2x, time ratio <= NetAug's ratio at the same point
++ 10%.
+
+Time: one process, one torch thread; all configurations are measured in interleaved rounds
+(``--rounds`` rounds of ``--steps`` steps each, the first step of every round discarded), so that
+a load change on a shared machine hits all of them alike; the median step time is reported.
+Before each round the step counter is put back to the point (steps advance it), as a resumed run
+at that point would be.
+
+Memory: the peak of the bytes of all live tensors during one whole step with the largest
+augmented network of that point of the schedule (what a run must have room for), from the allocator
+events recorded by ``torch.profiler`` (``profile_memory=True``; its memory timeline replays every
+allocation and free of the CPU allocator: parameters, gradients, momentum buffers, the batch,
+activations saved for backward and every temporary, the C++ adder kernel's buffers included).
+``tracemalloc`` sees none of this (torch allocates outside Python's allocator) and the process's
+RSS keeps freed memory in the C library's heap, so neither measures a step's peak. A pass's
+activations are freed by its backward before the next pass's forward, so the peak is that of the
+larger pass, not the sum (the table shows it: ``peak of passes`` is each pass measured alone).
+
+    python benchmarks/train_overhead.py                 # writes benchmarks/results/train_overhead.md
+    python benchmarks/train_overhead.py --rounds 3      # quicker, noisier
 """
 
 from __future__ import annotations
@@ -15,57 +44,98 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+POINTS = {"start": 0.0, "all MF": None, "late": 0.6}  # None: just after block mutation has finished
 
 
-def saved_bytes_of_pass(fn) -> int:
-    import torch
+def peak_tensor_bytes(fn) -> int:
+    """Peak bytes of live CPU tensors while ``fn()`` runs (torch.profiler's memory timeline).
 
-    seen: dict[int, int] = {}
+    Tensors alive before ``fn`` count from the start if ``fn`` uses them (parameters, momentum,
+    the batch); tensors freed without being used (last step's gradients, zeroed at the start of
+    the step) are not counted.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
 
-    def pack(t):
-        try:
-            ptr = t.untyped_storage().data_ptr()
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
-        except RuntimeError:
-            pass
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         fn()
-    return sum(seen.values())
+    sizes: dict = {}
+    live = peak = 0
+    for _, action, (key, _version), size in prof._memory_profile().timeline:
+        if action in (Action.PREEXISTING, Action.CREATE) and key not in sizes:
+            sizes[key] = size
+            live += size
+        elif action == Action.DESTROY and key in sizes:
+            live -= sizes.pop(key)
+        peak = max(peak, live)
+    return peak
 
 
-def measure(trainer, x, y, steps: int) -> dict:
-    net = trainer.net
-    times = []
-    for i in range(steps + 3):
-        t0 = time.perf_counter()
-        trainer.train_step(x, y)
-        if i >= 3:  # warm-up: first calls build kernels and caches
-            times.append(time.perf_counter() - t0)
-    # memory: parameters + grads + momentum of what is trained, plus the largest saved-activation set
-    state = 3 * sum(p.numel() * p.element_size() for p in net.parameters())
-    target = trainer.target_now()
-    net.set_active_subnet(target, trainer.target_blocks)
-    act = saved_bytes_of_pass(lambda: net(x).sum().backward())
-    if trainer.augmenter is not None:
-        import random
+class Largest(random.Random):
+    """Every random choice of the augmentation sampler at its largest: the biggest augmented
+    network of that point of the schedule (widest width and expand multiples, every extra block
+    kept). Memory is measured with it: a run must have room for its largest step, not a median one."""
 
-        rng = random.Random(0)
-        worst = 0
-        for _ in range(5):  # sampled augmented networks vary: take the largest of a few
-            a, b = trainer.augmenter.sample(rng, 0.0)
-            net.set_active_subnet(a, b, target=target, target_blocks=trainer.target_blocks)
-            worst = max(worst, saved_bytes_of_pass(lambda: net(x).sum().backward()))
-        act = max(act, worst)
-    net.zero_grad(set_to_none=True)
-    return {"step_s": statistics.median(times), "memory_MB": (state + act) / 2**20, "params_MB": state / 2**20, "activations_MB": act / 2**20}
+    def choice(self, seq):
+        return max(seq)
+
+    def random(self) -> float:
+        return 0.0
+
+
+class Case:
+    """One configuration to measure: a trainer, a point of its schedule, checkpointing on / off."""
+
+    def __init__(self, label: str, trainer, progress: float, checkpoint: bool = False):
+        self.label, self.trainer, self.progress, self.checkpoint = label, trainer, progress, checkpoint
+        self.times: list[float] = []
+
+    def place(self) -> None:
+        tr = self.trainer
+        tr.global_step = int(round(self.progress * tr.total_steps))
+        tr.cfg.aug_checkpoint = self.checkpoint
+
+    def run(self, x, y, steps: int) -> None:
+        self.place()
+        for i in range(steps):
+            t0 = time.perf_counter()
+            self.trainer.step(x, y)
+            if i > 0:  # the first step after switching configuration pays for cold caches
+                self.times.append(time.perf_counter() - t0)
+
+    def memory(self, x, y) -> dict:
+        tr = self.trainer
+        self.place()
+        rng = tr.py_rngs.get("aug")
+        tr.py_rngs["aug"] = Largest()
+        try:
+            step = peak_tensor_bytes(lambda: tr.step(x, y))
+        finally:
+            if rng is not None:
+                tr.py_rngs["aug"] = rng
+        # each pass alone (forward + backward of the target pass, of an augmented pass), for the record
+        self.place()
+        target = tr.target_now()
+        tr.net.set_active_subnet(target, tr.target_blocks)
+        tr.optimizer.zero_grad(set_to_none=True)
+        passes = [peak_tensor_bytes(lambda: tr.forward_backward(x, lambda o: tr._loss(o, y)))]
+        if tr.augmenter is not None:
+            a, b = tr.augmenter.sample(Largest(), self.progress)
+            if tr.cfg.aug == "netaug":
+                tr.net.set_active_subnet(a.with_ops(tr.cfg.op), b)
+            else:
+                tr.net.set_active_subnet(a, b, target=target, target_blocks=tr.target_blocks)
+            tr.optimizer.zero_grad(set_to_none=True)
+            passes.append(peak_tensor_bytes(lambda: tr._augmented_pass(x, y)))
+        tr.optimizer.zero_grad(set_to_none=True)
+        return {"step_MB": step / 2**20, "passes_MB": [p / 2**20 for p in passes]}
 
 
 def main() -> None:
@@ -73,7 +143,9 @@ def main() -> None:
     p.add_argument("--model", default="mbv2-tiny")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=30, help="length of the schedule the points lie on (default 30)")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps", type=int, default=4, help="steps per configuration and round; the first is discarded")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
@@ -85,35 +157,87 @@ def main() -> None:
 
     loaders = build_loaders("mnist5k", resolution=args.resolution, batch_size=args.batch, seed=0)
     x, y = next(iter(loaders.train))
-    rows = []
-    lists = {"NetAug lists": {}, "lite lists": dict(width_mults=(1.0, 1.4), expand_mults=(1.0, 1.4))}
-    for op in ("shift", "add"):
-        cfg = TrainConfig(model=args.model, op=op, epochs=1, batch_size=args.batch, resolution=args.resolution, aug="none", remap="none",
-                          device="cpu")
-        d = measure(Trainer(cfg, "/tmp/shiftaddaug-overhead", loaders=loaders, progress=False), x, y, args.steps)
-        for name, kw in lists.items():
-            cfg = TrainConfig(model=args.model, op=op, epochs=1, batch_size=args.batch, resolution=args.resolution, aug="shiftaddaug",
-                              device="cpu", **kw)
-            tr = Trainer(cfg, "/tmp/shiftaddaug-overhead", loaders=loaders, progress=False)
-            tr.total_steps = 10**9  # progress ~ 0: width augmentation on, as in the first half of training
-            s = measure(tr, x, y, args.steps)
-            rows.append((f"{op}, {name}", d, s, s["step_s"] / d["step_s"], s["memory_MB"] / d["memory_MB"]))
+
+    def trainer(op: str, aug: str) -> Trainer:
+        cfg = TrainConfig(model=args.model, op=op, epochs=args.epochs, batch_size=args.batch, resolution=args.resolution, aug=aug,
+                          remap="cdf-fc" if aug == "shiftaddaug" else "none", device="cpu")
+        return Trainer(cfg, "/tmp/shiftaddaug-overhead", loaders=loaders, progress=False)
+
+    cases: dict[tuple, Case] = {}
+    for op in ("mult", "shift", "add"):
+        direct = trainer(op, "none")
+        cases[(op, "direct")] = Case(f"{op} direct", direct, 0.0)
+        aug = trainer(op, "netaug" if op == "mult" else "shiftaddaug")
+        mutated = aug.cfg.mutation_fraction + 1.0 / aug.total_steps  # the step after the last unit turned MF
+        for point, prog in POINTS.items():
+            if op == "mult" and point == "all MF":
+                continue
+            prog = mutated if prog is None else prog
+            for ckpt in ((False,) if op == "mult" else (False, True)):
+                cases[(op, point, ckpt)] = Case(f"{op} {point}{' ckpt' if ckpt else ''}", aug, prog, ckpt)
+    for c in cases.values():  # warm-up: kernels, caches, optimizer state
+        c.run(x, y, 2)
+        c.times.clear()
+    t0 = time.time()
+    for r in range(args.rounds):
+        for c in cases.values():
+            c.run(x, y, args.steps)
+        print(f"round {r + 1}/{args.rounds} ({time.time() - t0:.0f} s)", flush=True)
+    mem = {k: c.memory(x, y) for k, c in cases.items()}
+    med = {k: statistics.median(c.times) for k, c in cases.items()}
+    def iqr(t: list[float]) -> tuple[float, float]:
+        if len(t) < 2:
+            return t[0], t[0]
+        q = statistics.quantiles(t, n=4)
+        return q[0], q[2]
+
+    spread = {k: iqr(c.times) for k, c in cases.items()}
+
+    def units(op: str, point: str) -> str:
+        c = cases[(op, point, False)]
+        tr = c.trainer
+        return f"{tr.mutation.converted(c.progress)}/{len(tr.mutation.units)}"
+
     lines = [
-        f"ShiftAddAug training step vs direct MF training, {args.model} at {args.resolution}px, batch {args.batch}, "
-        f"one torch thread, median of {args.steps} steps, width augmentation on (first half of training). NetAug lists: "
-        "width x1.0/1.8/2.6, expand x1.0/1.6/2.2/2.8 (the default); lite lists: width and expand x1.0/1.4 "
-        "(`--width-mults 1,1.4 --expand-mults 1,1.4`).",
+        f"Training step cost of ShiftAddAug vs direct training of the same TargetNet, {args.model} at {args.resolution} px, "
+        f"batch {args.batch}, NetAug's augmentation lists, at points of a {args.epochs}-epoch schedule "
+        f"({cases[('shift', 'start', False)].trainer.total_steps} steps); one process, one torch thread, median of "
+        f"{args.rounds * (args.steps - 1)} steps per configuration measured in {args.rounds} interleaved rounds "
+        "(interquartile range in brackets). Memory: peak bytes of live tensors in one whole step with the largest augmented network "
+        "of that point (torch.profiler memory timeline); "
+        "'passes' = target pass / augmented pass, each forward + backward alone.",
         "",
-        "| op, augmentation | direct step | ShiftAddAug step | time ratio (target <= 2.2x) | direct memory | ShiftAddAug memory | memory ratio (target <= 2x) |",
-        "|---|---|---|---|---|---|---|",
+        "| op | point | MF units | direct step | augmented step (IQR) | time ratio | NetAug ratio + 10% | goal | "
+        "direct memory | augmented memory (passes) | memory ratio (goal <= 2x) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for op, d, s, tr_, mr in rows:
-        lines.append(f"| {op} | {1000 * d['step_s']:.0f} ms | {1000 * s['step_s']:.0f} ms | {tr_:.2f}x | {d['memory_MB']:.1f} MB | {s['memory_MB']:.1f} MB | {mr:.2f}x |")
-    lines += ["", "Memory = parameters, gradients and momentum of the trained network + the largest set of tensors saved for backward in one pass.",
-              f"Command: `python benchmarks/train_overhead.py`; machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores.", ""]
+    anchor = {}
+    for point in ("start", "late"):
+        k = ("mult", point, False)
+        tr_ = med[k] / med[("mult", "direct")]
+        anchor[point] = tr_
+        mr = mem[k]["step_MB"] / mem[("mult", "direct")]["step_MB"]
+        lines.append(f"| mult (NetAug anchor) | {point} | - | {1000 * med[('mult', 'direct')]:.0f} ms | {1000 * med[k]:.0f} ms "
+                     f"({1000 * spread[k][0]:.0f}-{1000 * spread[k][1]:.0f}) | {tr_:.2f}x | - | - | "
+                     f"{mem[('mult', 'direct')]['step_MB']:.1f} MB | {mem[k]['step_MB']:.1f} MB "
+                     f"({' / '.join(f'{v:.1f}' for v in mem[k]['passes_MB'])}) | {mr:.2f}x |")
+    for op in ("shift", "add"):
+        d = (op, "direct")
+        for point in POINTS:
+            for ckpt in (False, True):
+                k = (op, point, ckpt)
+                tr_ = med[k] / med[d]
+                goal_t = 1.1 * anchor["late" if point == "late" else "start"]
+                mr = mem[k]["step_MB"] / mem[d]["step_MB"]
+                ok = "met" if tr_ <= goal_t and mr <= 2 else ("time missed" if mr <= 2 else ("memory missed" if tr_ <= goal_t else "both missed"))
+                lines.append(f"| {op} | {point}{', aug_checkpoint' if ckpt else ''} | {units(op, point)} | {1000 * med[d]:.0f} ms | "
+                             f"{1000 * med[k]:.0f} ms ({1000 * spread[k][0]:.0f}-{1000 * spread[k][1]:.0f}) | {tr_:.2f}x | "
+                             f"{goal_t:.2f}x | {ok} | {mem[d]['step_MB']:.1f} MB | {mem[k]['step_MB']:.1f} MB "
+                             f"({' / '.join(f'{v:.1f}' for v in mem[k]['passes_MB'])}) | {mr:.2f}x |")
+    lines += ["", f"Command: `python benchmarks/train_overhead.py --rounds {args.rounds} --steps {args.steps}`; machine: "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}.", ""]
     text = "\n".join(lines)
-    out = ROOT / "benchmarks" / "results" / "train_overhead.md"
-    atomic_write_text(out, text)
+    atomic_write_text(ROOT / "benchmarks" / "results" / "train_overhead.md", text)
     print(text)
 
 

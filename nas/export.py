@@ -5,8 +5,8 @@ A target directory holds
 * ``arch.json``: the canonical Arch (every conv's operator kind);
 * ``weights.pt``: the static network's state_dict (remap folded in, shift weights stored as signed
   powers of two, BN statistics re-estimated for the TargetNet); load with ``weights_only=True``;
-* ``cost.json``: exact op counts per layer and totals, plus energy / latency when a hardware
-  model is available;
+* ``cost.json``: exact op counts per layer and totals, energy and latency (``cost_record``: one
+  schema, whether the energy model or a search's lookup table priced it);
 * ``meta.json``: operator options, toolkit and torch versions, the export check (largest logit
   difference between the exported network and the trained hybrid network in target mode) and
   whatever the caller adds (training config, seeds).
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-import nas
+from nas._version import __version__
 from nas.arch import Arch
 from nas.errors import ConfigError
 from nas.io import atomic_torch_save, atomic_write_json, read_torch
@@ -30,20 +30,48 @@ from nas.io import atomic_torch_save, atomic_write_json, read_torch
 EXPORT_VERSION = 1
 
 
-def arch_cost(arch: Arch) -> dict:
-    """Op counts and, where the cost package provides it, the paper's energy / latency."""
+COST_VERSION = 2
+
+
+def cost_record(arch: Arch, price=None, *, hardware=None, bits: int = 32, budget: dict | None = None) -> dict:
+    """``target/cost.json``, the one schema (version 2) whoever writes it (``write_cost``).
+
+    ``price``: the network's price (an energy-model or lookup-table price with ``energy_mJ``,
+    ``latency_ms`` and per-layer rows); None prices ``arch`` with the energy model on ``hardware``
+    at ``bits``. Fields: ``arch_id``, ``op``, ``counts`` (exact op counts, ``nas.cost.counting``),
+    ``energy_mJ`` and ``latency_ms`` (None where the price has none), ``hardware``, ``bits``,
+    ``priced_with`` ("energy model" or "lookup table"), ``layers`` (name, energy_mJ, latency_ms
+    per layer) and ``budget`` (the search's, or None).
+    """
     from nas.cost.counting import count_ops
+    from nas.cost.energy import price_arch
 
-    out = {"schema_version": 1, "counts": count_ops(arch).to_json_dict()}
-    try:
-        from nas.cost.energy import price_arch  # the energy model (issue 5) when installed
+    source = "lookup table" if price is not None else "energy model"
+    if price is None:
+        price = price_arch(arch, hardware, bits)
+        hardware = price.hardware
+    elif hardware is None:
+        hardware = getattr(price, "hardware", None)
 
-        price = price_arch(arch)
-        out["energy_mJ"] = price.energy_mJ
-        out["latency_ms"] = price.latency_ms
-    except ImportError:
-        pass
-    return out
+    def value(name: str) -> float | None:
+        try:
+            return float(getattr(price, name))
+        except AttributeError:  # e.g. a latency table has no energy
+            return None
+
+    layers = [{"name": r["name"], "energy_mJ": r.get("energy_mJ"), "latency_ms": r.get("latency_ms")}
+              for r in price.to_json_dict()["layers"]]
+    return {"schema_version": COST_VERSION, "arch_id": arch.arch_id, "op": arch.op_kind,
+            "counts": count_ops(arch).to_json_dict(), "energy_mJ": value("energy_mJ"), "latency_ms": value("latency_ms"),
+            "hardware": hardware, "bits": bits, "priced_with": source, "layers": layers, "budget": budget}
+
+
+def write_cost(target_dir: str | Path, arch: Arch, price=None, *, hardware=None, bits: int = 32,
+               budget: dict | None = None) -> dict:
+    """Write ``target_dir/cost.json`` (``cost_record``); the one writer of that file."""
+    cost = cost_record(arch, price, hardware=hardware, bits=bits, budget=budget)
+    atomic_write_json(Path(target_dir) / "cost.json", cost)
+    return cost
 
 
 @torch.no_grad()
@@ -60,8 +88,7 @@ def export_target(net, out_dir: str | Path, sample: torch.Tensor, op_options: di
     mult_layers = multiplicative_layers(static)
     arch.save(out / "arch.json")
     atomic_torch_save(static.state_dict(), out / "weights.pt")
-    cost = arch_cost(arch)
-    atomic_write_json(out / "cost.json", cost)
+    cost = write_cost(out, arch)
     info = {
         "schema_version": EXPORT_VERSION,
         "arch_id": arch.arch_id,
@@ -70,13 +97,13 @@ def export_target(net, out_dir: str | Path, sample: torch.Tensor, op_options: di
         "bn_recalibrated": True,
         "export_max_abs_logit_diff": diff,
         "multiplicative_layers": mult_layers,
-        "toolkit_version": nas.__version__,
+        "toolkit_version": __version__,
         "torch_version": torch.__version__,
         **(meta or {}),
     }
     atomic_write_json(out / "meta.json", info)
     return {"dir": str(out), "arch_id": arch.arch_id, "max_abs_logit_diff": diff, "macs": cost["counts"]["macs"],
-            **({"energy_mJ": cost["energy_mJ"]} if "energy_mJ" in cost else {})}
+            "energy_mJ": cost["energy_mJ"]}
 
 
 def multiplicative_layers(model: nn.Module) -> list[str]:

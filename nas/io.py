@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -102,6 +102,17 @@ def _torch_bytes(obj: Any) -> bytes:
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save through a temp file + rename."""
     atomic_write_bytes(path, _torch_bytes(obj))
+
+
+def new_figure(**kw):
+    """A matplotlib ``Figure`` with its own Agg canvas: drawn and saved without pyplot, so the
+    global backend (a notebook's, a GUI's) is never switched or touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def atomic_savefig(fig, path: str | Path, **kw) -> None:
@@ -248,8 +259,9 @@ def set_aside(path: str | Path, tag: str = "bad") -> Path:
 
 
 def note(msg: str) -> None:
-    """One line for the user on stderr (a repair, a fallback, an ignored option)."""
-    print(msg, file=sys.stderr, flush=True)
+    """One line for the user (a repair, a fallback, an ignored option): a warning of the ``nas``
+    logger, which the commands print on stderr (and Python prints there when nothing is configured)."""
+    logging.getLogger("nas").warning(msg)
 
 
 def _first_line(e: BaseException) -> str:

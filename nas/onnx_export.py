@@ -200,9 +200,9 @@ def _in_channels(model: nn.Module) -> int:
 
 
 def _metadata(model: nn.Module, resolution: int) -> dict[str, str]:
-    import nas
+    from nas._version import __version__
 
-    props = {"producer": "shiftaddaug", "toolkit_version": nas.__version__, "torch_version": torch.__version__,
+    props = {"producer": "shiftaddaug", "toolkit_version": __version__, "torch_version": torch.__version__,
              "resolution": str(resolution), "input_layout": "NCHW float32"}  # fmt: skip
     arch = getattr(model, "arch", None)
     if arch is not None:

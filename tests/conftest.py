@@ -28,3 +28,12 @@ def backend(request, monkeypatch):
             pytest.skip(f"C++ kernels unavailable: {_ext.info()['reason']}")
     assert backend_for(torch.zeros(1)) == request.param
     return request.param
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _notes_on_stderr():
+    """Notes (warnings of the ``nas`` logger) on stderr, as a user sees them: without this,
+    pytest's log capture would take them from tests that call library code directly."""
+    from nas.cli.common import configure_logging
+
+    configure_logging(-1)

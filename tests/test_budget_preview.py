@@ -11,7 +11,7 @@ from nas.cost.energy import price_arch
 from nas.cost.shapes import space_layers
 from nas.cost.tables import LookupTable, shipped_energy_table
 from nas.errors import ConfigError, InfeasibleBudgetError
-from nas.paths import LATENCY_TABLES, RUNS, SEARCH_SPACES
+from nas.paths import LATENCY_TABLES, SEARCH_SPACES
 from nas.search.pipeline import PRESETS, SearchConfig, SearchRun, budget_preview, where_budget_binds
 from nas.space import SearchSpace
 
@@ -36,8 +36,8 @@ def no_data(monkeypatch):
 
 
 @pytest.mark.parametrize("op", ["shift", "add"])
-def test_dry_run_imagenet_20mJ_binds(op, capsys, no_data):
-    before = sorted(RUNS.iterdir()) if RUNS.exists() else None
+def test_dry_run_imagenet_20mJ_binds(op, capsys, no_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs would go to ./runs
     assert search_main(["--budget", "20mJ", "--preset", "imagenet", "--op", op, "--dry-run", "--json"]) == 0
     out = capsys.readouterr().out
     info = json.loads(out)  # exactly one JSON object
@@ -50,7 +50,7 @@ def test_dry_run_imagenet_20mJ_binds(op, capsys, no_data):
     space = SearchSpace.load("mobile224")
     assert (info["resolution"], info["num_classes"], info["num_classes_from"]) == (224, 1000, "space")
     assert (lo, hi) == pytest.approx(_model_range(space, op), rel=1e-12)
-    assert (sorted(RUNS.iterdir()) if RUNS.exists() else None) == before  # nothing written
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_dry_run_human_readable(capsys, no_data):

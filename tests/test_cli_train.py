@@ -32,10 +32,17 @@ def test_export_json_and_onnx(run_dir, capsys):
     assert "onnx" in out and "Abs" in out  # the adder is written with standard ONNX operators
 
 
-def test_resume_finished_run_is_a_no_op(run_dir, capsys):
-    before = (run_dir / "metrics.csv").read_text()
+def test_resume_finished_run_is_a_no_op(run_dir, capsys, monkeypatch):
+    from nas.train.loop import TrainLoop
+
+    steps = []
+    step = TrainLoop.step
+    monkeypatch.setattr(TrainLoop, "step", lambda self, x, y: steps.append(1) or step(self, x, y))
+    files = ("metrics.csv", "checkpoint.pt", "summary.json", "config.json")
+    before = {n: ((run_dir / n).read_bytes(), (run_dir / n).stat().st_mtime_ns) for n in files}
     assert train_main(["--resume", str(run_dir), "--quiet"]) == 0
-    assert (run_dir / "metrics.csv").read_text() == before
+    assert steps == []  # not one training step: the work is counted, not only the result compared
+    assert {n: ((run_dir / n).read_bytes(), (run_dir / n).stat().st_mtime_ns) for n in files} == before
 
 
 @pytest.mark.parametrize("argv, msg", [

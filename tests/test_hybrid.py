@@ -256,3 +256,30 @@ def test_sort_channels_with_se_blocks():
     before = net(x)
     sort_channels(net)
     assert torch.allclose(net(x), before, atol=1e-10)
+
+
+@pytest.mark.parametrize("op", ["shift", "add"])
+def test_remap_affine_is_folded_at_export_and_follows_sorted_channels(op):
+    """Eq. 5's per-channel affine on 1x1 convs and linears: trained (here: perturbed) values are
+    folded into the exported weights (exported logits = target-mode logits), and channel sorting
+    permutes them with the channels (the function is unchanged)."""
+    torch.manual_seed(0)
+    arch = zoo_arch("mbv3-w0.35", op, 32, 10)
+    net = DynamicNet(arch.with_ops("mult"), remap="cdf-fc", remap_affine=True)
+    affine = [m for n, m in net.named_modules() if n.endswith("remap") and m.affine]
+    assert len(affine) == sum(1 for n, m in net.named_modules() if isinstance(m, HybridConv2d) and m.max_kernel == 1) + 1
+    with torch.no_grad():
+        for m in affine:
+            m.scale.uniform_(0.7, 1.3)
+            m.shift.normal_(0, 0.2)
+    x = torch.randn(4, 3, 32, 32)
+    net.set_active_subnet(arch)
+    net.train()
+    net(x)
+    reset_bn(net, [(x, None)])
+    net.eval()
+    before = net(x)
+    static = net.get_active_subnet().eval()
+    assert torch.allclose(before, static(x), atol=1e-5, rtol=1e-5)
+    sort_channels(net)
+    assert torch.allclose(net(x), before, atol=1e-4, rtol=1e-4)

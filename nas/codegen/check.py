@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-import nas
+from nas._version import __version__
 from nas.arch import Arch
 from nas.codegen.emit_c import GENERATOR_VERSION, CProgram, LayerOps, count_static_mults, generate_c
 from nas.codegen.intnet import DEFAULT_AGREE, DEFAULT_MULT_BITS, IntNet, build_intnet, check_task
@@ -155,7 +155,7 @@ def manifest(net: IntNet, prog: CProgram, rd: RunData | None, options: dict) -> 
     return {
         "schema_version": MANIFEST_VERSION,
         "generator_version": GENERATOR_VERSION,
-        "toolkit_version": nas.__version__,
+        "toolkit_version": __version__,
         "arch_id": rd.arch_id if rd else None,
         "dataset": rd.dataset if rd else None,
         "options": options,

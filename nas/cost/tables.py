@@ -429,18 +429,19 @@ def energy_table(space: Any, hardware: Hardware | str | None = None, bits: int =
                  path: str | Path | None = None, progress: bool = False) -> EnergyTable:
     """The energy table of a search space on a hardware, ready to price its archs.
 
-    Opens ``path`` (default ``latency_tables/<space>-<hardware>-<bits>bit-energy.csv``), prices the
+    Opens ``path`` (default ``./latency_tables/<space>-<hardware>-<bits>bit-energy.csv`` of the working
+    directory, ``nas.paths.user_tables_dir``), prices the
     shapes it lacks (all of them the first time) for the conventions ``ops`` (default: every
     operator kind) and saves it; seconds for the shipped spaces.
     """
     from nas.cost.shapes import conventions_header
     from nas.ops.registry import op_kinds
-    from nas.paths import LATENCY_TABLES
+    from nas.paths import user_tables_dir
 
     ops = tuple(op_kinds() if ops is None else ops)
     hw = load_hardware(hardware)
     hw.precision(bits)
-    p = Path(path) if path is not None else LATENCY_TABLES / f"{space.name}-{hw.name}-{bits}bit-energy.csv"
+    p = Path(path) if path is not None else user_tables_dir() / f"{space.name}-{hw.name}-{bits}bit-energy.csv"
     t = LookupTable.open(p, lambda: EnergyTable.create(hw, bits, space=space.name, ops=list(ops)))
     t.header.update(conventions_header(ops))
     t.build_space(space, ops, progress=progress)
@@ -450,9 +451,6 @@ def energy_table(space: Any, hardware: Hardware | str | None = None, bits: int =
 def _rel(path: str) -> str:
     if not path:
         return ""
-    from nas.paths import REPO_ROOT
+    from nas.paths import shipped_name
 
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
+    return shipped_name(path)

@@ -91,6 +91,7 @@ class HybridConv2d(nn.Module):
         remap: str = "cdf-fc",
         op_options: dict | None = None,
         branch_norm: bool = False,
+        remap_affine: bool = False,
     ):
         super().__init__()
         if depthwise and max_in != max_out:
@@ -101,7 +102,7 @@ class HybridConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(max_out)) if bias else None
         # NetAug's advice: kaiming_uniform, fan from the max shape (expand ratios get large)
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self.remap = Remap(remap, max_kernel)
+        self.remap = Remap(remap, max_kernel, affine=remap_affine, channels=max_out)
         self.op_options = _mf_options(op_options)
         self.active_out = max_out
         self.active_kernel = max_kernel
@@ -186,7 +187,8 @@ class HybridConv2d(nn.Module):
 class HybridLinear(nn.Module):
     """Elastic linear layer (the classifier); MF only when configured over the whole layer."""
 
-    def __init__(self, max_in: int, max_out: int, bias: bool = True, remap: str = "cdf-fc", op_options: dict | None = None):
+    def __init__(self, max_in: int, max_out: int, bias: bool = True, remap: str = "cdf-fc", op_options: dict | None = None,
+                 remap_affine: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(max_out, max_in))
         self.bias = nn.Parameter(torch.zeros(max_out)) if bias else None
@@ -194,7 +196,7 @@ class HybridLinear(nn.Module):
         bound = 1 / math.sqrt(max_in)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
-        self.remap = Remap(remap, 1)
+        self.remap = Remap(remap, 1, affine=remap_affine, channels=max_out)
         self.op_options = _mf_options(op_options)
         self.mf_op = "mult"
         self.mf_in = 0

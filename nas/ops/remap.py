@@ -31,6 +31,18 @@ Kinds (``Remap(kind=...)``):
   idea deterministic). ``regularizer()`` returns the term of the last forward; the trainer adds
   ``kl_weight`` (10 in ShiftAddNAS) times the sum over layers to the loss.
 
+The per-output-channel affine (``cdf-fc`` on 1x1 convs and linear layers, ``affine=True``): with
+``z`` the CDF-remapped slice and ``s`` its standard deviation (detached),
+
+    y_c = a_c * z_c + t_c * s,        R(W) = y * ||z|| / ||y||
+
+``a`` starts at 1 and ``t`` at 0, so it starts as the identity (bit for bit); the rescale to the
+norm of ``z`` keeps the variance-matched Laplace scale, for the same reason as the FC's: the
+affine learns how output channels differ from each other in scale and offset, not a global scale
+(which AddConv is not invariant to and whose gradient diverges). ``t`` is in units of ``s`` so that
+one learning rate suits both. The parameters are sized for the layer's max output channels; an
+elastic layer uses their prefix (``nas.supernet.net.sort_channels`` permutes them with the weight).
+
 The remap is only ever applied in the mult -> MF direction; the stored tensor stays multiplicative.
 At export it is folded into the MF layer's weights.
 """
@@ -66,7 +78,8 @@ def _centre_index(k: int, kmax: int, device) -> torch.Tensor:
 class Remap(nn.Module):
     """Per-layer remap from the stored (multiplicative) weight to the weight an MF op consumes."""
 
-    def __init__(self, kind: str = "cdf-fc", kernel_size: int = 1, per_filter: bool = False, bins: int = 100):
+    def __init__(self, kind: str = "cdf-fc", kernel_size: int = 1, per_filter: bool = False, bins: int = 100,
+                 affine: bool = False, channels: int = 0):
         super().__init__()
         if kind not in REMAP_KINDS:
             from nas.errors import ConfigError
@@ -80,10 +93,16 @@ class Remap(nn.Module):
             self.fc = nn.Parameter(torch.eye(kernel_size * kernel_size))
         if kind == "pwl-kl":
             self.slopes = nn.Parameter(torch.ones(bins))
+        self.affine = kind == "cdf-fc" and kernel_size == 1 and affine
+        if self.affine:
+            if channels < 1:
+                raise ValueError("an affine remap needs the layer's (max) output channels")
+            self.scale = nn.Parameter(torch.ones(channels))
+            self.shift = nn.Parameter(torch.zeros(channels))
         self._reg: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind}, kernel_size={self.kernel_size}, per_filter={self.per_filter}"
+        return f"kind={self.kind}, kernel_size={self.kernel_size}, per_filter={self.per_filter}, affine={self.affine}"
 
     def _stats(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = w.detach()
@@ -114,7 +133,16 @@ class Remap(nn.Module):
                 fc = fc[idx][:, idx]
             mixed = (out.reshape(*out.shape[:2], k * k) @ fc.t()).reshape(out.shape)
             out = mixed * (out.norm() / mixed.norm().clamp_min(1e-12))
+        elif self.affine:
+            out = self._affine(out)
         return out
+
+    def _affine(self, z: torch.Tensor) -> torch.Tensor:
+        n = z.shape[0]  # the active output channels: a prefix of the stored ones
+        shape = (n,) + (1,) * (z.dim() - 1)
+        s = z.detach().std(unbiased=False)
+        y = self.scale[:n].reshape(shape) * z + self.shift[:n].reshape(shape) * s
+        return y * (z.norm() / y.norm().clamp_min(1e-12))
 
     def _pwl(self, w: torch.Tensor) -> torch.Tensor:
         lo, hi = w.detach().min(), w.detach().max()

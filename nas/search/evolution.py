@@ -51,7 +51,8 @@ class EvolutionSearch:
 
     def __init__(self, space: SearchSpace, fitness: Callable, cost: Callable, budget: float, multiples: Sequence[float] | None = None,
                  population: int = 16, generations: int = 5, parent_ratio: float = 0.25, mutation_ratio: float = 0.5,
-                 mutate_prob: float = 0.1, seed: int = 0, max_tries: int = 200, unit: str = "mJ"):
+                 mutate_prob: float = 0.1, seed: int = 0, max_tries: int = 200, unit: str = "mJ",
+                 batch_fitness: Callable[[list], list[float]] | None = None):
         self.space, self.fitness, self.cost_fn, self.budget = space, fitness, cost, budget
         self.multiples = tuple(multiples or space.aug_multiples)
         self.population_size, self.generations = population, generations
@@ -63,7 +64,8 @@ class EvolutionSearch:
         self.history: list[dict] = []
         self.generation = 0
         self._costs: dict[str, tuple[float, float]] = {}
-        self.batch_fitness: Callable[[list], list[float]] | None = None  # e.g. Ray actors (nas.search.ray_adapter)
+        # scores a whole generation at once (``Executor.evaluate``: e.g. on Ray actors); default: ``fitness`` one by one
+        self.batch_fitness = batch_fitness
 
     # ------------------------------------------------------------------------------ feasibility
     def costs(self, genome: dict) -> tuple[float, float]:

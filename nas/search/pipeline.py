@@ -20,27 +20,33 @@ checkpoint (supernet epoch, evolution generation, Optuna trial, training epoch).
 record, a checkpoint that no longer loads: its step is redone). Resuming a finished run changes
 no file.
 
-With ``ray_address`` (``--ray-address``) steps 1-4 run on a Ray cluster through
-``nas.search.ray_adapter`` (the small branches marked "Ray" below; docs/ray.md), writing the same
-files, so a run can switch between local and Ray.
+Steps 1-4 run through an ``Executor`` (``nas.search.executor``): ``LocalExecutor`` in this
+process, or with ``ray_address`` (``--ray-address``) ``nas.search.ray_executor.RayExecutor`` on a
+Ray cluster (docs/ray.md). Both write the same files, so a run can switch between local and Ray.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas.arch import Arch
+from nas.arch import TASKS, Arch
+from nas.config import from_mapping, knob
 from nas.cost.budget import Budget, parse_budget
 from nas.errors import ConfigError, InfeasibleBudgetError, check_keys
 from nas.io import atomic_savefig, atomic_write_json, atomic_write_text, load_checkpoint, note, set_aside
 from nas.ops.registry import mf_kinds
 from nas.rundir import check_config_hash, config_hash, heal_search_dir, is_writer, read_json, read_run_config
+from nas.search.executor import DataSpec, Executor, LocalExecutor, StageTwoJob, SupernetJob, TargetJob
+from nas.search.report import binds_in_text, objective_label, pareto_front, preview_text, search_report  # noqa: F401 (preview_text: public here too)
 from nas.space import SearchSpace
+from nas.train.loop import DEVICE_HELP
+from nas.train.trainer import MethodConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     # minutes on a 2-core CPU with the bundled dataset
@@ -72,47 +78,69 @@ DATASET_CLASSES = {"mnist5k": 10, "cifar10": 10, "cifar100": 100, "mnistseg": 11
 LOG_AXIS_SPAN = 10.0  # the Pareto plot's cost axis turns logarithmic when candidates span more than this factor
 PRESET_DEFAULTS: dict[str, Any] = {"warmup_epochs": 1.0}  # what a preset that does not say uses
 STATE_VERSION = 1
+log = logging.getLogger(__name__)
+
+
+SEARCH = "the search"
+PRESET = "overrides of the preset"
+DATA, WHERE = "data", "where it computes"
+
+
+def _datasets() -> tuple[str, ...]:
+    from nas.data import DATASETS
+
+    return tuple(sorted(DATASETS))
 
 
 @dataclass
-class SearchConfig:
-    """Everything that defines a search run (``config.json``); ``None`` fields take the preset's
-    value (``resolved``). Device, Ray address and workers say where it runs, not what it computes.
-    """
+class SearchConfig(MethodConfig):
+    """Everything that defines a search (saved as ``config.json``). Fields left None take the
+    preset's value (``resolved()``); the method's fields (``MethodConfig``) apply to the supernet
+    and to the final ShiftAddAug training."""
 
-    budget: str = "0.02mJ"
-    op: str = "shift"
-    preset: str = "quick"
-    space: str | None = None
-    dataset: str | None = None  # None: the preset's (paper: cifar100, imagenet: folder), else DEFAULT_DATASET
-    data_root: str | None = None
-    hardware: str | None = None
-    bits: int = 32
-    seed: int = 0
-    aug: str = "shiftaddaug"
-    remap: str = "cdf-fc"
-    eta: float | None = 1.0
-    supernet_epochs: int | None = None
-    population: int | None = None
-    generations: int | None = None
-    trials: int | None = None
-    final_epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    eval_images: int | None = None
-    bn_images: int | None = None
-    max_train_images: int | None = None
-    aug_multiples: list[float] | None = None
-    ray_address: str | None = None
-    warmup_epochs: float | None = None  # of ShiftAddAug training
-    device: str = "auto"  # auto (CUDA when available, else CPU), cpu, cuda, cuda:N
-    precision: str = "fp32"  # fp32, bf16, fp16: autocast of the multiplicative layers (MF layers: fp32)
-    workers: int = 0  # data loader worker processes
-    task: str = "classification"  # segmentation: a segmentation space and dataset, mIoU as the objective
+    budget: str = knob("0.02mJ", metavar="BUDGET", group=SEARCH,
+                       help="energy (mJ, uJ, J) or latency (ms, us, s) budget of the TargetNet, e.g. 20mJ, 300uJ, 5ms")
+    op: str = knob("shift", choices=mf_kinds, group=SEARCH, help="multiplication-free operator of the TargetNet")
+    preset: str = knob("quick", choices=tuple(PRESETS), group=SEARCH,
+                       help="quick: minutes on a laptop CPU with the bundled data; paper: the paper's recipe on one GPU "
+                       "(CIFAR-100 at 160 px, 250 epochs of final training; docs/paper-recipe.md); "
+                       "imagenet: 224 px, 1000 classes, an image folder (--data-root), GPU-weeks")
+    space: str | None = knob(None, metavar="FILE|NAME", group=SEARCH,
+                             help="search space YAML file or shipped name (default: the preset's: tiny / paper160 / mobile224)")
+    dataset: str | None = knob(None, choices=_datasets, group=DATA,
+                               help="default: the preset's (cifar100 for paper, folder for imagenet), else mnist5k")
+    data_root: str | None = knob(None, metavar="PATH", group=DATA, help="dataset location (CIFAR python folder or image folder)")
+    hardware: str | None = knob(None, metavar="NAME|FILE", group=SEARCH,
+                                help="hardware model of the energy / latency price list (default eyeriss-45nm)")
+    bits: int = knob(32, choices=(32, 16, 8), group=SEARCH, help="operand width of the energy model")
+    seed: int = knob(0, metavar="S", group=SEARCH, help="seed of every random stream of the search")
+    supernet_epochs: int | None = knob(None, metavar="N", group=PRESET, help="epochs of supernet training")
+    population: int | None = knob(None, metavar="N", group=PRESET, help="stage-one population")
+    generations: int | None = knob(None, metavar="N", group=PRESET, help="stage-one generations")
+    trials: int | None = knob(None, metavar="N", group=PRESET, help="stage-two Optuna trials")
+    final_epochs: int | None = knob(None, metavar="N", group=PRESET, help="epochs of ShiftAddAug training")
+    batch_size: int | None = knob(None, metavar="N", group=PRESET, help="batch size")
+    lr: float | None = knob(None, metavar="LR", group=PRESET,
+                            help="peak learning rate (default: the preset's, scaled linearly with --batch-size)")
+    eval_images: int | None = knob(None, metavar="N", group=PRESET, help="validation images per evaluation")
+    bn_images: int | None = knob(None, metavar="N", group=PRESET, help="images that re-estimate BatchNorm statistics per evaluation")
+    max_train_images: int | None = knob(None, metavar="N", group=PRESET, help="train on the first N images")
+    aug_multiples: list[float] | None = knob(None, metavar="A,B,..", group=PRESET,
+                                             help="stage one: the SubNet may cost these multiples of the budget (default: the space's)")
+    warmup_epochs: float | None = knob(None, metavar="E", group=PRESET, help="warm-up epochs of ShiftAddAug training")
+    ray_address: str | None = knob(None, metavar="local|auto|HOST:PORT", group=WHERE,
+                                   help="run the search on a Ray cluster (needs the ray extra; docs/ray.md)")
+    device: str = knob("auto", metavar="DEV", group=WHERE, help=f"where to compute: {DEVICE_HELP}")
+    precision: str = knob("fp32", choices=("fp32", "bf16", "fp16"), group=WHERE,
+                          help="fp32, or bf16 / fp16 autocast of the multiplicative layers (faster on GPUs); "
+                          "multiplication-free layers always compute in fp32; fp16 adds loss scaling")
+    workers: int = knob(0, metavar="N", group=DATA, help="data loader worker processes")
+    task: str = knob("classification", choices=lambda: TASKS, group=SEARCH,
+                     help="segmentation: a segmentation space (quick preset: seg64, 64 px) and dataset (default mnistseg), "
+                     "mIoU as the objective of both stages (docs/segmentation.md)")
 
     def resolved(self) -> "SearchConfig":
         """Fill every unset field from the preset and validate."""
-        from nas.arch import TASKS
         from nas.data.loader import check_dataset_task
 
         if self.preset not in PRESETS:
@@ -145,7 +173,9 @@ class SearchConfig:
         from nas.train.loop import check_precision
 
         check_precision(d["precision"])
-        return SearchConfig(**d)
+        c = SearchConfig(**d)
+        c.check_method()
+        return c
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -164,30 +194,31 @@ def load_space(cfg: SearchConfig) -> SearchSpace:
 
 
 class SearchRun:
-    """One ``shiftaddaug-search`` run in one directory: the steps of the module docstring, each
-    recorded in ``state.json`` and skipped on ``resume``.
-    """
+    """One search in one run directory: the steps, what they leave there, and resuming them.
 
-    def __init__(self, cfg: SearchConfig, out: str | Path, progress: bool = True):
+    ``executor`` runs the heavy steps (default: ``make_executor``, local or Ray by
+    ``cfg.ray_address``); ``run()`` does the whole job and returns the summary."""
+
+    def __init__(self, cfg: SearchConfig, out: str | Path, progress: bool = True, executor: Executor | None = None):
         self.cfg = cfg.resolved()
         self.out = Path(out)
         self.progress = progress
+        self.executor = executor  # chosen in setup() when None
         self.budget: Budget = parse_budget(self.cfg.budget)
         self.state: dict[str, Any] = {"schema_version": STATE_VERSION, "config_hash": config_hash(self.cfg.to_dict()), "done": {}}
-        self.ray_options = None  # with cfg.ray_address: a nas.search.ray_adapter.RayOptions (None: from the environment)
         state_path = self.out / "state.json"
         if state_path.is_file():
             self.state = _read_state(state_path, self.cfg)
 
     @staticmethod
-    def resume(run_dir: str | Path, progress: bool = True) -> "SearchRun":
+    def resume(run_dir: str | Path, progress: bool = True, executor: Executor | None = None) -> "SearchRun":
         d = read_run_config(run_dir, "search")
-        check_keys(d, f"{Path(run_dir) / 'config.json'}.search", {f.name for f in dataclasses.fields(SearchConfig)})
-        return SearchRun(SearchConfig(**d), run_dir, progress)
+        return SearchRun(SearchConfig(**from_mapping(SearchConfig, d, f"{Path(run_dir) / 'config.json'}.search")), run_dir,
+                         progress, executor)
 
     def log(self, msg: str) -> None:
-        if self.progress:
-            print(msg, flush=True)
+        """A step's progress (logger ``nas.search.pipeline``, INFO; the CLI shows it unless -q)."""
+        log.info(msg)
 
     def mark(self, step: str, result: dict) -> None:
         self.state["done"][step] = result
@@ -196,7 +227,7 @@ class SearchRun:
     # ------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         from nas.cost.tables import energy_table
-        from nas.data import build_loaders, calibration_batches
+        from nas.data import calibration_batches
         from nas.search.evaluator import Pricer
 
         from nas.train.loop import resolve_device
@@ -204,9 +235,8 @@ class SearchRun:
         c = self.cfg
         base = load_space(c)  # bad input fails here, before the run directory exists
         self.device = resolve_device(c.device)
-        self.loaders = build_loaders(c.dataset, c.data_root, resolution=base.resolution, batch_size=c.batch_size,
-                                     seed=c.seed, max_train_images=c.max_train_images, num_workers=c.workers,
-                                     device=self.device)
+        self.data = DataSpec(c.dataset, c.data_root, base.resolution, c.batch_size, c.seed, c.max_train_images, c.workers)
+        self.loaders = self.data.build(self.device)
         self.out.mkdir(parents=True, exist_ok=True)
         if not (self.out / "config.json").is_file():
             atomic_write_json(self.out / "config.json", {"schema_version": 1, "kind": "search", "search": c.to_dict()})
@@ -218,6 +248,10 @@ class SearchRun:
         # the in-memory table of a fresh run has more, and a resumed run would price slightly differently)
         self.table = energy_table(self.space, c.hardware, c.bits, ops=(c.op,), path=self.out / "lut.csv")
         self.pricer = Pricer(self.budget, c.op, self.table)
+        if self.executor is None:
+            self.executor = make_executor(c, self.out, self.device, self.progress)
+        log.debug(f"search in {self.out}: executor {type(self.executor).__name__}, device {self.device}, space "
+                  f"{self.space.name} ({self.space.num_classes} classes), price list {self.out / 'lut.csv'} ({len(self.table)} rows)")
 
     def check_budget(self, num_classes: int | None = None) -> dict:
         """The budget against the space's cost range (``budget_preview``), before any data is read;
@@ -232,38 +266,31 @@ class SearchRun:
                 f"the smallest feasible budget is {lo:.4g} {unit}; {binds_in_text(info)}"
             )
         if not info["binds"]:
-            self.log(f"note: the budget {self.budget} does not bind: the largest {op} network of space {name!r} costs "
+            note(f"note: the budget {self.budget} does not bind: the largest {op} network of space {name!r} costs "
                      f"{hi:.4g} {unit}; {binds_in_text(info)}")
         if info["num_classes_from"] == "space":
-            self.log(f"note: priced with the space's {info['num_classes']} classes until the {self.cfg.dataset} dataset is read")
+            note(f"note: priced with the space's {info['num_classes']} classes until the {self.cfg.dataset} dataset is read")
         return info
 
     # ------------------------------------------------------------------------------ steps
-    def supernet_trainer(self, **dist):
-        """The run's SupernetTrainer (also built by every Ray Train worker, nas.search.ray_adapter,
-        which passes ``dist``)."""
-        from nas.supernet.train import SupernetTrainer
-
-        c = self.cfg
-        return SupernetTrainer(self.space, c.op, self.loaders, self.out, epochs=c.supernet_epochs, lr=c.lr, seed=c.seed,
-                               remap=c.remap, op_options={"add": {"eta": c.eta}}, progress=self.progress,
-                               device=self.device, precision=c.precision, **dist)
+    def supernet_job(self) -> SupernetJob:
+        """What supernet training needs, explicitly (the executor may send it to other machines)."""
+        c, out = self.cfg, self.out.resolve()
+        options = dict(epochs=c.supernet_epochs, lr=c.lr, seed=c.seed, remap=c.remap, op_options=c.op_options,
+                       branch_norm=c.branch_norm, momentum=c.momentum, weight_decay=c.weight_decay,
+                       label_smoothing=c.label_smoothing, remap_lr_scale=c.remap_lr_scale, kl_weight=c.kl_weight,
+                       precision=c.precision)
+        return SupernetJob(self.space, c.op, self.data, options, out / "supernet.pt", out / "supernet_log.json")
 
     def run_supernet(self):
-        c = self.cfg
-        sup = self.supernet_trainer()
+        """Train the supernet (or skip a finished one); returns it, loaded from ``supernet.pt``."""
+        job = self.supernet_job()
         if "supernet" not in self.state["done"]:
             t0 = time.time()
-            if c.ray_address:  # Ray Train: data-parallel workers; rank 0 writes supernet.pt and the log
-                from nas.search.ray_adapter import train_supernet
-
-                train_supernet(self)
-                load_checkpoint(self.out / "supernet.pt", apply=sup.load_state_dict)
-            else:
-                sup.fit(self.out / "supernet.pt", self.out / "supernet_log.json")
-            self.mark("supernet", {"epochs": c.supernet_epochs, "time_s": round(time.time() - t0, 1)})
-        else:
-            load_checkpoint(self.out / "supernet.pt", apply=sup.load_state_dict)
+            self.executor.train_supernet(job, self.loaders)
+            self.mark("supernet", {"epochs": self.cfg.supernet_epochs, "time_s": round(time.time() - t0, 1)})
+        sup = job.trainer(self.loaders, self.device)
+        load_checkpoint(self.out / "supernet.pt", apply=sup.load_state_dict)
         return sup.net
 
     def run_stage_one(self, evaluator) -> tuple[Arch, dict]:
@@ -273,49 +300,33 @@ class SearchRun:
             r = self.state["done"]["stage1"]
             return Arch.from_dict(r["subnet"]), r
         c = self.cfg
-        evo = EvolutionSearch(self.space, fitness=lambda a: evaluator.accuracy(a), cost=self.pricer.cost,
+        evo = EvolutionSearch(self.space, fitness=evaluator.accuracy, cost=self.pricer.cost,
                               budget=self.budget.value, multiples=c.aug_multiples, population=c.population,
-                              generations=c.generations, seed=c.seed, unit=self.budget.unit)
+                              generations=c.generations, seed=c.seed, unit=self.budget.unit,
+                              batch_fitness=lambda archs: self.executor.evaluate(evaluator, archs))
         t0 = time.time()
-        fan_out = None
-        if c.ray_address:  # Ray: the population is evaluated by actors that hold the supernet, results in order
-            from nas.search.ray_adapter import batch_fitness
-
-            fan_out = evo.batch_fitness = batch_fitness(self)
         try:
             best = evo.run(self.out / "stage1.json", self.out / "population.csv", self.progress)
         finally:
-            if fan_out is not None:
-                fan_out.close()  # frees the actors' CPUs for stage two
+            self.executor.release()  # e.g. Ray's evaluation actors: their CPUs go to stage two
         sub = self.space.decode(best.genome, "subnet")
         sub.save(self.out / "subnet.json")
         r = {"subnet": sub.to_dict(), "multiple": best.multiple, "cost": best.cost, "accuracy": best.accuracy,
-             "evaluations": (fan_out or evaluator).calls, "time_s": round(time.time() - t0, 1)}
+             "evaluations": evaluator.calls, "time_s": round(time.time() - t0, 1)}
         self.mark("stage1", r)
         return sub, r
 
     def run_stage_two(self, evaluator, subnet: Arch) -> dict:
         from nas.search.evolution import write_csv
-        from nas.search.target_search import run_stage_two, trials_rows
+        from nas.search.target_search import trials_rows
 
         if "stage2" in self.state["done"]:
             return self.state["done"]["stage2"]
         c = self.cfg
         t0 = time.time()
-
-        def accuracy(target, blocks):
-            return evaluator.accuracy(target.with_ops(c.op), blocks)
-
-        if c.ray_address:
-            from nas.search.ray_adapter import run_stage_two_ray
-
-            best, study = run_stage_two_ray(self, subnet, accuracy)
-        else:
-            try:
-                best, study = run_stage_two(self.space, subnet, accuracy, self.pricer.cost, self.budget.value, c.trials,
-                                            self.out / "stage2.journal", seed=c.seed, progress=self.progress)
-            except OSError as e:  # Optuna's journal writes name no file: name it for the one-line message
-                raise e if e.filename else OSError(e.errno, e.strerror, str(self.out / "stage2.journal")) from e
+        job = StageTwoJob(self.space, subnet, c.op, self.pricer.cost, self.budget.value, c.trials,
+                          self.out.resolve() / "stage2.journal", c.seed)
+        best, study = self.executor.run_stage_two(evaluator, job)
         write_csv(self.out / "trials.csv", trials_rows(study))
         r = {"target": best.arch.to_dict(), "blocks": best.blocks, "accuracy": best.accuracy, "cost": best.cost,
              "trial": best.trial, "time_s": round(time.time() - t0, 1)}
@@ -323,13 +334,13 @@ class SearchRun:
         return r
 
     def run_training(self, subnet: Arch, target: dict) -> dict:
-        from nas.train.trainer import TrainConfig, Trainer, resume_trainer
+        from nas.train.trainer import TrainConfig
 
         if "train" in self.state["done"]:
             return self.state["done"]["train"]
         c = self.cfg
         train_dir = self.out / "train"
-        tc = TrainConfig(model=None, op=c.op, aug=c.aug, remap=c.remap, eta=c.eta, dataset=c.dataset, data_root=c.data_root,
+        tc = TrainConfig(**c.method_dict(), model=None, op=c.op, dataset=c.dataset, data_root=c.data_root,
                          resolution=self.space.resolution, batch_size=c.batch_size, epochs=c.final_epochs, lr=c.lr,
                          seed=c.seed, max_train_images=c.max_train_images, bn_images=c.bn_images,
                          warmup_epochs=min(c.warmup_epochs, c.final_epochs), device=c.device, precision=c.precision, workers=c.workers,
@@ -342,30 +353,17 @@ class SearchRun:
                 tc = None
             else:  # stage two was redone and chose another TargetNet
                 note(f"note: {train_dir} trained another TargetNet; moved it to {set_aside(train_dir, 'old')}, training starts again")
-        if c.ray_address:  # Ray Train: data-parallel workers; rank 0 writes train/ and target/
-            from nas.search.ray_adapter import train_target
-
-            s = train_target(self, tc)
-        else:
-            if tc is None:
-                trainer = resume_trainer(train_dir, progress=self.progress, export_dir=self.out / "target", device=c.device)
-            else:
-                trainer = Trainer(tc, train_dir, progress=self.progress, export_dir=self.out / "target")
-            s = trainer.fit()
+        s = self.executor.train_target(TargetJob(tc, train_dir, self.out / "target", device=c.device))
         self.write_cost(Arch.load(self.out / "target" / "arch.json"))
         self.mark("train", s)
         return s
 
     def write_cost(self, target: Arch) -> dict:
         """cost.json of the exported TargetNet, priced with the run's own table and hardware."""
-        from nas.cost.counting import count_ops
+        from nas.export import write_cost
 
-        price = self.pricer.price(target)
-        cost = {"schema_version": 1, "counts": count_ops(target).to_json_dict(), "energy_mJ": price.energy_mJ,
-                "latency_ms": price.latency_ms, "hardware": self.table.header.get("hardware"), "bits": self.cfg.bits,
-                "layers": price.to_json_dict()["layers"], "budget": self.budget.to_dict()}
-        atomic_write_json(self.out / "target" / "cost.json", cost)
-        return cost
+        return write_cost(self.out / "target", target, self.pricer.price(target), hardware=self.table.header.get("hardware"),
+                          bits=self.cfg.bits, budget=self.budget.to_dict())
 
     # ------------------------------------------------------------------------------ the job
     def run(self) -> dict:
@@ -400,20 +398,19 @@ class SearchRun:
         """``pareto.png``: stage two's candidates, accuracy vs cost, with the budget line. The cost
         axis is logarithmic when the budget does not bind or the candidates span more than
         ``LOG_AXIS_SPAN`` (on a linear axis far from the budget they crowd into one column)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         import pandas as pd
+
+        from nas.io import new_figure
 
         df = pd.read_csv(self.out / "trials.csv")
         df = df[df["state"] == "COMPLETE"]
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = new_figure(figsize=(6, 4))
+        ax = fig.subplots()
         feas = df[df["feasible"] == True]  # noqa: E712 (pandas column of bools)
         infeas = df[df["feasible"] != True]  # noqa: E712
         ax.scatter(infeas["cost"], infeas["accuracy"], c="lightgray", label="over budget", s=18)
         ax.scatter(feas["cost"], feas["accuracy"], c="tab:blue", label="feasible", s=18)
-        front = _pareto(df[["cost", "accuracy"]].values.tolist())
+        front = pareto_front(df[["cost", "accuracy"]].values.tolist())
         if front:
             xs, ys = zip(*front)
             ax.step(xs, ys, where="post", c="tab:blue", alpha=0.5, label="Pareto front")
@@ -423,12 +420,11 @@ class SearchRun:
         if not binds or max(costs) > LOG_AXIS_SPAN * min(costs):
             ax.set_xscale("log")
         ax.set_xlabel(f"{self.budget.metric} of the {self.cfg.op} TargetNet ({self.budget.unit})")
-        ax.set_ylabel(f"supernet {_objective_label(self.cfg.task)} (%)")
+        ax.set_ylabel(f"supernet {objective_label(self.cfg.task)} (%)")
         ax.set_title(f"stage two: {self.cfg.op} TargetNets cut from the SubNet")
         ax.legend(fontsize=8)
         fig.tight_layout()
         atomic_savefig(fig, self.out / "pareto.png", dpi=110)
-        plt.close(fig)
 
     def summarize(self, budget_info: dict, s1: dict, s2: dict, tr: dict, seconds: float) -> dict:
         cost = json.loads((self.out / "target" / "cost.json").read_text())
@@ -464,8 +460,18 @@ class SearchRun:
                 "supernet": "supernet.pt"}.items()},
         }
         atomic_write_json(self.out / "summary.json", summary)
-        atomic_write_text(self.out / "report.md", _report(self, summary, budget_info, target))
+        atomic_write_text(self.out / "report.md", search_report(self, summary, budget_info, target))
         return summary
+
+
+def make_executor(cfg: SearchConfig, out: str | Path, device, progress: bool = True) -> Executor:
+    """The executor of a search: local, or on the Ray cluster of ``cfg.ray_address`` (records
+    under ``<out>/ray``; how much of the cluster: ``RayOptions.from_env()``)."""
+    if cfg.ray_address is None:
+        return LocalExecutor(device, progress)
+    from nas.search.ray_executor import RayExecutor
+
+    return RayExecutor(cfg.ray_address, Path(out) / "ray", progress=progress)
 
 
 # ---------------------------------------------------------------------------------- budget preview
@@ -537,44 +543,6 @@ def _preset_space(preset: str, task: str) -> str | None:
     return None if over is None else over.get("space", PRESETS[preset]["space"])
 
 
-def _objective_label(task: str) -> str:
-    from nas.train.tasks import task_of
-
-    return task_of(task).metric_label
-
-
-def binds_in_text(info: dict) -> str:
-    """One clause naming the shipped presets / spaces where a budget that does not bind would."""
-    places = []
-    for p in info.get("binds_in", []):
-        where = f"preset {' / '.join(p['presets'])} (space {p['space']}, " if p["presets"] else f"space {p['space']} ("
-        places.append(f"{where}{p['cost_range'][0]:.4g} ... {p['cost_range'][1]:.4g} {info['unit']})")
-    if not places:
-        return f"it binds in no shipped space for {info['op']}"
-    return f"it binds for {info['op']} in: " + "; ".join(places)
-
-
-def preview_text(info: dict) -> str:
-    """The human-readable budget preview of ``shiftaddaug-search --dry-run``."""
-    lo, hi = info["cost_range"]
-    unit, b = info["unit"], info["budget"]
-    budget = f"{b['value']:g} {unit}"
-    classes = f"{info['num_classes']} classes" + (" (the space's: a folder's count is known once it is read)"
-                                                   if info["num_classes_from"] == "space" else "")
-    lines = [
-        f"budget {budget} ({info['metric']}), {info['op']} TargetNet, preset {info['preset']}, dataset {info['dataset']}",
-        f"space {info['space']} at {info['resolution']}x{info['resolution']}, {classes}, priced on {info['hardware']} at {info['bits']} bit",
-        f"cost range of the space: {lo:.4g} ... {hi:.4g} {unit} (cheapest ... dearest {info['op']} network)",
-    ]
-    if info["binds"]:
-        lines.append(f"the budget binds: it lies inside the range ({100 * (b['value'] - lo) / (hi - lo):.0f}% of the way up)")
-    elif not info["feasible"]:
-        lines.append(f"the budget cannot be met: the smallest feasible budget is {lo:.4g} {unit}; {binds_in_text(info)}")
-    else:
-        lines.append(f"the budget does not bind: every network of the space costs less; {binds_in_text(info)}")
-    return "\n".join(lines)
-
-
 def _read_state(path: Path, cfg: SearchConfig) -> dict:
     """``state.json``: damaged, foreign or another configuration's -> one ConfigError."""
     st = read_json(path, "the run's record of finished steps is damaged: delete it and run --resume again "
@@ -584,8 +552,16 @@ def _read_state(path: Path, cfg: SearchConfig) -> dict:
         raise ConfigError(f"{path}.schema_version", st.get("schema_version"), f"this version reads {STATE_VERSION}")
     if not isinstance(st["done"], dict):
         raise ConfigError(f"{path}.done", st["done"], "a mapping of finished steps")
-    check_config_hash(st.get("config_hash"), cfg.to_dict(), str(path))
-    st.setdefault("config_hash", config_hash(cfg.to_dict()))
+    current = cfg.to_dict()
+    recorded = st.get("config_hash")
+    if recorded is not None and recorded != config_hash(current) and (path.parent / "config.json").is_file():
+        # a run begun by an earlier version: the fields added since (the method's knobs) are not in
+        # its config.json, take their defaults and are not part of its hash
+        written = read_run_config(path.parent, "search")
+        if recorded == config_hash({k: v for k, v in current.items() if k in written}):
+            return st
+    check_config_hash(recorded, current, str(path))
+    st.setdefault("config_hash", config_hash(current))
     return st
 
 
@@ -598,53 +574,3 @@ def _take(batches, n_images: int, seed: int = 0, batch_size: int = 250) -> list:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(y), generator=g)[: min(n_images, len(y))]
     return [(x[idx[i : i + batch_size]], y[idx[i : i + batch_size]]) for i in range(0, len(idx), batch_size)]
-
-
-def _pareto(points: list[list[float]]) -> list[tuple[float, float]]:
-    """Non-dominated (cost low, accuracy high) points, sorted by cost."""
-    front, best = [], float("-inf")
-    for c, a in sorted(points, key=lambda p: (p[0], -p[1])):
-        if a > best:
-            front.append((c, a))
-            best = a
-    return front
-
-
-def _report(run: SearchRun, s: dict, b: dict, target: Arch) -> str:
-    unit = b["unit"]
-    lines = [
-        f"# shiftaddaug-search: {run.out.name}",
-        "",
-        f"Budget **{s['budget']}** ({b['metric']}), operator **{s['op']}**, space `{run.space.name}`, dataset `{run.cfg.dataset}`, preset `{run.cfg.preset}`.",
-        "",
-    ]
-    lo, hi = b["cost_range"]
-    if not b["binds"]:
-        lines += [f"> The budget does not bind: the largest {s['op']} network of the space costs {hi:.4g} {unit}; "
-                  f"{binds_in_text(b)}.", ""]
-    obj, label = s["objective"], _objective_label(run.cfg.task)
-    lines += [
-        "| | value |",
-        "|---|---|",
-        f"| TargetNet {b['metric']} | {s['energy_mJ']:.4g} mJ, {s['latency_ms']:.4g} ms ({'meets' if s['meets_budget'] else 'misses'} the budget) |",
-        f"| MACs / params | {s['macs'] / 1e6:.3f} M / {s['params'] / 1e6:.4f} M |",
-        f"| {label} (test / val) | {s[obj]['test']:.2f}% / {s[obj]['val']:.2f}% |",
-        *([f"| pixel accuracy (test / val) | {s['pixel_acc']['test']:.2f}% / {s['pixel_acc']['val']:.2f}% |"] if "pixel_acc" in s else []),
-        f"| supernet estimate before training | {s[obj]['supernet_estimate']:.2f}% |",
-        f"| SubNet (stage one) | multiple {s['subnet']['multiple']}, cost {s['subnet']['cost']:.4g} {unit}, supernet {label} {s['subnet'][f'supernet_{obj}']:.2f}% |",
-        f"| space cost range | {lo:.4g} ... {hi:.4g} {unit} |",
-        f"| wall time | {s['time_s']:.0f} s |",
-        "",
-        "## TargetNet",
-        "",
-        "```",
-        target.summary(),
-        "```",
-        "",
-        "![stage two](pareto.png)",
-        "",
-        "Files: `target/` (arch.json, weights.pt, cost.json, meta.json), `population.csv` (stage one), "
-        "`trials.csv` (stage two), `train/metrics.csv`, `supernet.pt`.",
-        "",
-    ]
-    return "\n".join(lines)

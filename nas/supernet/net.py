@@ -153,10 +153,11 @@ class DynamicNet(nn.Module):
     (module docstring). ``set_active_subnet`` configures it, ``get_active_subnet`` exports it.
     """
 
-    def __init__(self, max_arch: Arch, remap: str = "cdf-fc", op_options: dict | None = None, branch_norm: bool = False):
+    def __init__(self, max_arch: Arch, remap: str = "cdf-fc", op_options: dict | None = None, branch_norm: bool = False,
+                 remap_affine: bool = False):
         super().__init__()
         self.max_arch = max_arch
-        hy = dict(remap=remap, op_options=op_options, branch_norm=branch_norm)
+        hy = dict(remap=remap, op_options=op_options, branch_norm=branch_norm, remap_affine=remap_affine)
         a = max_arch
         s = a.stem
         self.stem = DynConvBNAct(a.in_channels, s.out_channels, s.kernel_size, s.stride, act=s.act, **hy)
@@ -175,9 +176,11 @@ class DynamicNet(nn.Module):
             self.head = DynSegHead(a, c, a.stages[a.seg_head.skip_stage].blocks[-1].out_channels, **hy)
             self.classifier = None
         else:
-            self.classifier = HybridLinear(c, a.num_classes, remap=remap, op_options=op_options)
+            self.classifier = HybridLinear(c, a.num_classes, remap=remap, op_options=op_options, remap_affine=remap_affine)
         self.dropout_rate = a.classifier.dropout
         self.generator: torch.Generator | None = None  # the dropout masks' stream (set by TrainLoop); None: torch's global one
+        # activation checkpointing of the blocks (ShiftAddAug's augmented pass, TrainConfig.aug_checkpoint)
+        self.checkpoint_blocks = False
         # Residual blocks start as the identity (last BN scale 0, Goyal et al. 2017). Deep adder
         # networks collapse to rank-few features at initialisation without it (measured: an Add
         # MobileNetV2-Tiny does not learn at all on mnist5k; with it, it does).
@@ -296,9 +299,10 @@ class DynamicNet(nn.Module):
     # ------------------------------------------------------------------------------ forward / export
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
+        ckpt = self.checkpoint_blocks and torch.is_grad_enabled()
         for i, idx in enumerate(self.active_blocks):
             for j in idx:
-                x = self.stages[i][j](x)
+                x = _checkpointed(self.stages[i][j], x) if ckpt else self.stages[i][j](x)
         return pooled_features(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -348,6 +352,32 @@ class DynamicNet(nn.Module):
         """Sum of the remap regularisers (``pwl-kl``) of the last forward, if any."""
         terms = [r for m in self.modules() if hasattr(m, "regularizer") and m is not self for r in [m.regularizer()] if r is not None]
         return torch.stack(terms).sum() if terms else None
+
+
+def _checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` keeping only its input for backward: the block's activations are recomputed
+    (once) when its gradient is needed. The recomputation must not count the batch in BatchNorm's
+    running statistics a second time, so their buffers are restored after it; blocks draw no
+    random numbers (dropout is before the classifier), so no RNG state needs saving."""
+    from torch.utils.checkpoint import checkpoint
+
+    calls = 0
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return block(inp)
+        buffers = [b for m in block.modules() if isinstance(m, nn.BatchNorm2d) for b in m.buffers()]
+        saved = [b.clone() for b in buffers]
+        try:
+            return block(inp)
+        finally:  # also when torch stops the recomputation early (once it has what backward needs)
+            with torch.no_grad():
+                for b, v in zip(buffers, saved):
+                    b.copy_(v)
+
+    return checkpoint(run, x, use_reentrant=False, preserve_rng_state=False)
 
 
 def _dropout(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -406,12 +436,19 @@ def sort_channels(net: DynamicNet, optimizer: torch.optim.Optimizer | None = Non
                 continue
             perm = torch.argsort(blk.project.conv.weight.abs().sum(dim=(0, 2, 3)), descending=True)
             moves: list[tuple[torch.Tensor, int]] = [(blk.expand.conv.weight, 0)] + _bn_tensors(blk.expand.bn)
+            moves += _remap_affine(blk.expand.conv)
             moves += [(blk.dw.conv.weight, 0)] + _bn_tensors(blk.dw.bn)
             if blk.se is not None:
                 moves += [(blk.se.reduce.weight, 1), (blk.se.expand.weight, 0), (blk.se.expand.bias, 0)]
+                moves += _remap_affine(blk.se.expand)
             moves += [(blk.project.conv.weight, 1)]
             for t, dim in moves:
                 _permute(t, perm, dim, optimizer)
+
+
+def _remap_affine(conv: HybridConv2d) -> list[tuple[torch.Tensor, int]]:
+    """The per-output-channel remap parameters of ``conv`` (they follow its output channels)."""
+    return [(conv.remap.scale, 0), (conv.remap.shift, 0)] if conv.remap.affine else []
 
 
 def _bn_tensors(bn: DynamicBatchNorm2d) -> list[tuple[torch.Tensor, int]]:

@@ -54,17 +54,20 @@ class SupernetTrainer(TrainLoop):
     def __init__(self, space: SearchSpace, op: str, loaders: Loaders, out: str | Path, epochs: int = 4, lr: float = 0.05,
                  seed: int = 0, remap: str = "cdf-fc", op_options: dict | None = None, weight_decay: float = 4e-5,
                  label_smoothing: float = 0.1, progress: bool = True, device: str | torch.device | None = "cpu",
-                 precision: str = "fp32", dist: Distributed | None = None):
+                 precision: str = "fp32", dist: Distributed | None = None, branch_norm: bool = True,
+                 momentum: float = 0.9, remap_lr_scale: float = 0.01, kl_weight: float = 10.0):
         get_kind(op)  # a registered operator kind, or a ConfigError naming them
         steps = len(loaders.train)
         super().__init__(loaders, epochs=epochs, lr=lr, warmup_steps=min(steps, epochs * steps // 4), seed=seed,
-                         weight_decay=weight_decay, device=device, precision=precision, dist=dist, progress=progress)
+                         weight_decay=weight_decay, momentum=momentum, remap_lr_scale=remap_lr_scale, device=device,
+                         precision=precision, dist=dist, progress=progress)
         from nas.train.tasks import task_of
 
         self.space, self.op, self.out = space, op, Path(out)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.kl_weight = label_smoothing, kl_weight
         self.task = task_of(space.task)  # segmentation: per-pixel loss (distillation is per pixel as it is)
-        self.setup_model(lambda: DynamicNet(space.max_arch(), remap=remap, op_options=op_options))
+        # branch_norm: the hybrid pass (2.) is ShiftAddAug's augmented pass, rescaled as in training
+        self.setup_model(lambda: DynamicNet(space.max_arch(), remap=remap, op_options=op_options, branch_norm=branch_norm))
         self.py_rngs["sampler"] = random.Random(seed + 2)
         self.largest = space.max_arch()
         smallest = space.min_arch()
@@ -93,14 +96,19 @@ class SupernetTrainer(TrainLoop):
         sub, target, blocks = self.sample_pair()
         self.samples.append((sub.arch_id, target.arch_id, blocks))
         net.set_active_subnet(sub, target=target, target_blocks=blocks)
-        self.forward_backward(x, lambda out: distill_loss(out, soft), last=False)
+        self.forward_backward(x, lambda out: self._distill(out, soft), last=False)
         net.set_active_subnet(target, blocks)
-        _, loss_t = self.forward_backward(x, lambda out: distill_loss(out, soft), last=False)
+        _, loss_t = self.forward_backward(x, lambda out: self._distill(out, soft), last=False)
         net.set_active_subnet(*self.smallest)
-        self.forward_backward(x, lambda out: distill_loss(out, soft), last=True)
+        self.forward_backward(x, lambda out: self._distill(out, soft), last=True)
         logits = logits.detach().float()
         return {"loss_largest": self.task.loss(logits, y).item(), "loss_target": loss_t.item(),
                 "acc_largest": self.task.batch_acc(logits, y)}
+
+    def _distill(self, out: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        """Distillation loss of an MF pass, plus the remap's regulariser (``pwl-kl``) as in training."""
+        loss, reg = distill_loss(out, soft), self.net.regularizer()
+        return loss if reg is None else loss + self.kl_weight * reg
 
     def postfix(self, stats: dict[str, float]) -> dict[str, str]:
         return {"largest": f"{100 * stats['acc_largest']:.0f}%", "target": f"{stats['loss_target']:.2f}"}

@@ -6,9 +6,9 @@ ways to get one:
 * torchrun (``init_from_env``): ``torchrun --nproc-per-node N --no-python shiftaddaug-train ...``
   sets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``; this joins the process group (gloo on CPU,
   NCCL on CUDA, each rank on GPU ``LOCAL_RANK``);
-* Ray Train (``nas.search.ray_adapter``): ``TorchTrainer`` has already joined the group; the
-  adapter builds a ``Distributed`` from ``ray.train.get_context()``. Nothing in ``nas.train``
-  imports ray.
+* Ray Train (``nas.train.ray_train``): ``TorchTrainer`` has already joined the group; each
+  worker builds a ``Distributed`` from ``ray.train.get_context()``. Only ``ray_train`` imports
+  ray, inside its functions; this module does not.
 
 What data-parallel training means here, so that N ranks run the algorithm of one process:
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
+import logging
 import math
 import random
 import time
@@ -33,16 +35,19 @@ from typing import Any
 
 import torch
 
-from nas.arch import Arch
+from nas.arch import TASKS, Arch
+from nas.config import from_mapping, knob, normalise
 from nas.errors import ConfigError
 from nas.io import atomic_savefig, atomic_write_json, atomic_write_text
 from nas.ops.registry import get_kind, op_kinds
+from nas.ops.remap import REMAP_KINDS
 from nas.rundir import check_config_hash, config_hash, heal_csv, read_run_config
 from nas.supernet.net import DynamicNet, sort_channels
 from nas.train.augment import Augmenter, AugSpec, MutationSchedule, subnet_for
 from nas.train.bn import reset_bn
 from nas.train.distributed import Distributed
 from nas.train.loop import (  # noqa: F401 (cosine_lr, param_groups: public here too)
+    DEVICE_HELP,
     PRECISIONS,
     TrainLoop,
     cosine_lr,
@@ -50,95 +55,210 @@ from nas.train.loop import (  # noqa: F401 (cosine_lr, param_groups: public here
     resolve_device,
 )
 
+log = logging.getLogger(__name__)
 AUG_KINDS = ("none", "netaug", "shiftaddaug")
 CHECKPOINT_VERSION = 1
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved as ``config.json``)."""
+def off_or_float(text: str) -> float | None:
+    """A number, or 0 / off / none for "off" (``--eta 0``)."""
+    if text.strip().lower() in ("0", "0.0", "off", "none"):
+        return None
+    return float(text)
 
-    # the network
-    model: str | None = "mbv2-tiny"
-    arch: str | None = None  # path to an Arch JSON / net.config, instead of model
-    op: str = "shift"
-    resolution: int | None = None  # default: the dataset's native size (32 for mnist5k / CIFAR)
-    # the method
-    aug: str = "shiftaddaug"
-    remap: str = "cdf-fc"
-    hybrid: str = "mf"  # docs/method.md, section 3: target channels of the augmented pass with MF ("mf") or mult
+
+def _datasets() -> tuple[str, ...]:
+    from nas.data import DATASETS
+
+    return tuple(sorted(DATASETS))
+
+
+def _zoo_help() -> str:
+    from nas.models.zoo import list_zoo
+
+    return f"a zoo model: {', '.join(list_zoo())}"
+
+
+METHOD = "the method (ShiftAddAug)"
+DATA = "data"
+OPTIM = "optimisation"
+WHERE = "where it computes"
+
+
+@dataclass
+class MethodConfig:
+    """The method's knobs, shared by ``TrainConfig`` (one training run) and ``SearchConfig`` (the
+    search's supernet and its final training): augmentation, remap, operator options, optimiser."""
+
+    aug: str = knob("shiftaddaug", choices=AUG_KINDS, group=METHOD,
+                    help="none: direct training; netaug: augmented part with the target's operator; "
+                    "shiftaddaug: multiplicative augmented part + block mutation")
+    remap: str = knob("cdf-fc", choices=lambda: REMAP_KINDS, group=METHOD,
+                      help="weight remapping from the multiplicative into the MF domain")
+    # docs/method.md, section 3: target channels of the augmented pass with MF ("mf") or mult
+    hybrid: str = knob("mf", choices=("mf", "mult"), group=METHOD,
+                       help="target channels of the augmented pass computed with MF (hybrid) or multiplication")
     # rescale the multiplicative partial sums of target channels to the MF ones in the augmented
     # pass (docs/method.md, section 3): AddConv partial sums are orders of magnitude larger; measured on
     # mbv2-tiny add, 3 epochs: 41.6% test accuracy without, 53.0% with (no change for shift)
-    branch_norm: bool = True
-    aug_depth: int = 0
-    width_mults: tuple[float, ...] = (1.0, 1.8, 2.6)
-    expand_mults: tuple[float, ...] = (1.0, 1.6, 2.2, 2.8)
-    stop_width: float = 0.5
-    depth_decay: bool = True
-    mutation: float | None = None  # fraction of training for block mutation; None: 1/3 for shiftaddaug
-    sort_channels: bool = True
-    kl_weight: float = 10.0  # pwl-kl regulariser weight (ShiftAddNAS)
-    remap_lr_scale: float = 0.01  # learning rate of the remap's learnable part, relative to lr
-    weight_bits: int = 5
+    branch_norm: bool = knob(True, group=METHOD,
+                             help="rescale the multiplicative partial sums of target channels to the MF ones "
+                             "(augmented passes of training and of the search's supernet)")
+    width_mults: tuple[float, ...] = knob((1.0, 1.8, 2.6), metavar="A,B,..", group=METHOD,
+                                          help="width augmentation factors (NetAug: 1.0,1.8,2.6)")
+    expand_mults: tuple[float, ...] = knob((1.0, 1.6, 2.2, 2.8), metavar="A,B,..", group=METHOD,
+                                           help="expand augmentation factors (NetAug: 1.0,1.6,2.2,2.8)")
+    stop_width: float = knob(0.5, metavar="F", group=METHOD,
+                             help="fraction of training after which width augmentation stops (NetAug's min-width phase)")
+    depth_decay: bool = knob(True, group=METHOD,
+                             help="drop augmented blocks with probability = training progress")
+    mutation: float | None = knob(None, metavar="F", group=METHOD,
+                                  help="fraction of training over which target layers turn MF "
+                                  "(default: 1/3 with shiftaddaug, else 0)")
+    sort_channels: bool = knob(True, group=METHOD, help="reorder mid channels by importance every epoch (NetAug)")
+    # activation checkpointing of the blocks in the augmented pass: only block inputs are kept,
+    # activations are recomputed in backward (less memory, one more block forward; results equal
+    # within float rounding). benchmarks/train_overhead.py measures both.
+    aug_checkpoint: bool = knob(False, group=METHOD,
+                                help="recompute the augmented pass's block activations in backward instead of storing them "
+                                "(less memory, more time)")
+    kl_weight: float = knob(10.0, metavar="W", group=METHOD, help="weight of the pwl-kl remap's regulariser (ShiftAddNAS)")
+    remap_lr_scale: float = knob(0.01, metavar="S", group=METHOD,
+                                 help="learning rate of the remap's learnable part, relative to --lr")
+    # cdf-fc on 1x1 convs and linear layers: a learnable per-output-channel affine after the CDF
+    # remap (Eq. 5's learnable part where a kernel FC has nothing to mix; identity at the start,
+    # variance-preserving, folded into the weights at export). No effect with other remaps.
+    remap_affine: bool = knob(False, group=METHOD,
+                              help="with cdf-fc: a learnable per-output-channel affine after the remap of 1x1 convs and "
+                              "linear layers (folded at export)")
+    weight_bits: int = knob(5, metavar="B", group=METHOD, help="shift weight bits")
     # AdderNet's adaptive gradient scale for add layers; None turns it off. AdderNet uses 0.2 with
     # 400-epoch CIFAR schedules; on short schedules 0.2 barely moves deep adder layers (an Add
     # MobileNetV2-Tiny stays at chance for 3 epochs on mnist5k), 1.0 trains them.
-    eta: float | None = 1.0
-    # data
-    dataset: str = "mnist5k"
-    data_root: str | None = None
-    batch_size: int = 64
-    workers: int = 0
-    max_train_images: int | None = None
-    bn_images: int = 2000
-    # optimisation
-    epochs: int = 10
-    warmup_epochs: float = 1.0
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    label_smoothing: float = 0.1
-    seed: int = 0
-    # where: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N"; the precision of the
-    # multiplicative layers ("bf16" / "fp16": autocast; MF layers always compute in float32)
-    device: str = "auto"
-    precision: str = "fp32"
-    # set by the search: the SubNet of stage one, the TargetNet of stage two (multiplicative Arch
-    # dicts; ``op`` is applied) with its block indices in the SubNet, and a supernet checkpoint
-    # whose weights the run starts from
-    subnet: dict | None = None
-    target_arch: dict | None = None
-    target_blocks: list[list[int]] | None = None
-    inherit: str | None = None
-    # "classification" or "segmentation" (a segmentation dataset; zoo models get an LR-ASPP head)
-    task: str = "classification"
+    eta: float | None = knob(1.0, metavar="ETA", parse=off_or_float, group=METHOD,
+                             help="AdderNet adaptive gradient scale for add layers, 0 = off")
+    momentum: float = knob(0.9, metavar="M", group=OPTIM, help="SGD Nesterov momentum")
+    weight_decay: float = knob(4e-5, metavar="WD", group=OPTIM, help="weight decay (not on BN and biases)")
+    label_smoothing: float = knob(0.1, metavar="E", group=OPTIM, help="label smoothing of the cross-entropy")
 
-    def validate(self) -> "TrainConfig":
-        from nas.ops.remap import REMAP_KINDS
+    def __post_init__(self):
+        normalise(self)
+        if self.eta == 0:  # AdderNet's gradient scale: 0 means off (the flag's "--eta 0"), recorded as null
+            self.eta = None
 
+    def check_method(self) -> None:
+        """One ConfigError naming the first method field with a value outside what it allows."""
         def check(name, ok, allowed):
             if not ok:
                 raise ConfigError(name, getattr(self, name), allowed)
 
-        from nas.arch import TASKS
+        check("aug", self.aug in AUG_KINDS, f"allowed: {', '.join(AUG_KINDS)}")
+        check("remap", self.remap in REMAP_KINDS, f"allowed: {', '.join(REMAP_KINDS)}")
+        check("hybrid", self.hybrid in ("mf", "mult"), "allowed: mf, mult")
+        check("mutation", self.mutation is None or 0 <= self.mutation < 1, "a fraction of training in [0, 1)")
+        check("eta", self.eta is None or (self.eta > 0 and math.isfinite(self.eta)), "a positive number, or 0 / null for off")
+        check("weight_decay", self.weight_decay >= 0, "a number >= 0")
+        check("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)")
+        check("momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
+        check("kl_weight", self.kl_weight >= 0, "a number >= 0")
+        check("remap_lr_scale", self.remap_lr_scale >= 0, "a number >= 0")
+        AugSpec(tuple(self.width_mults), tuple(self.expand_mults), self.stop_width, self.depth_decay)
+
+    @property
+    def op_options(self) -> dict:
+        return {"shift": {"weight_bits": self.weight_bits}, "add": {"eta": self.eta}}
+
+    def method_dict(self) -> dict:
+        """The method's fields and their values (to hand them from a search to its training)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(MethodConfig)}
+
+
+@dataclass
+class TrainConfig(MethodConfig):
+    """Everything that defines a training run (saved as ``config.json``)."""
+
+    # the network
+    model: str | None = knob("mbv2-tiny", metavar="NAME", group="the network", help=_zoo_help)
+    arch: str | None = knob(None, metavar="FILE", group="the network", help="an Arch JSON file or OFA / MCUNet net.config, instead of --model")
+    op: str = knob("shift", choices=op_kinds, group="the network", help="operator of the TargetNet")
+    resolution: int | None = knob(None, metavar="R", group="the network",
+                                  help="input resolution (default: the dataset's native size, 32 for mnist5k / CIFAR; segmentation 64)")
+    aug_depth: int = knob(0, metavar="N", group=METHOD, help="extra blocks per stage that only the augmented pass runs")
+    # data
+    dataset: str | None = knob(None, choices=_datasets, group=DATA,
+                               help="the dataset (README, Data; default mnist5k, for segmentation mnistseg)")
+    data_root: str | None = knob(None, metavar="PATH", group=DATA, help="dataset location (CIFAR python folder or image folder)")
+    batch_size: int = knob(64, metavar="N", group=DATA, help="global batch size")
+    workers: int = knob(0, metavar="N", group=DATA,
+                        help="data loader worker processes: decode image folders, gather / resize in-memory images")
+    max_train_images: int | None = knob(None, metavar="N", group=DATA, help="train on the first N images of the training split")
+    bn_images: int = knob(2000, metavar="N", group=DATA, help="training images that re-estimate BatchNorm statistics")
+    # optimisation
+    epochs: int = knob(10, metavar="N", group=OPTIM, help="training epochs")
+    warmup_epochs: float = knob(1.0, metavar="E", group=OPTIM, help="epochs of linear learning-rate warm-up before the cosine decay")
+    lr: float = knob(0.05, metavar="LR", group=OPTIM, help="peak learning rate, cosine schedule with warm-up")
+    seed: int = knob(0, metavar="S", group=OPTIM, help="seed of every random stream (weights, data order, augmentation)")
+    # where: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N"; the precision of the
+    # multiplicative layers ("bf16" / "fp16": autocast; MF layers always compute in float32)
+    device: str = knob("auto", metavar="DEV", group=WHERE,
+                       help=f"where to compute: {DEVICE_HELP}; under torchrun cuda / auto put each rank on its LOCAL_RANK GPU")
+    precision: str = knob("fp32", choices=tuple(PRECISIONS), group=WHERE,
+                          help="fp32, or bf16 / fp16 autocast of the multiplicative layers (faster on GPUs); "
+                          "multiplication-free layers always compute in fp32; fp16 adds loss scaling")
+    # set by the search: the SubNet of stage one, the TargetNet of stage two (multiplicative Arch
+    # dicts; ``op`` is applied) with its block indices in the SubNet, and a supernet checkpoint
+    # whose weights the run starts from
+    subnet: dict | None = knob(None, help="the SubNet the TargetNet trains inside (an Arch mapping; set by the search)")
+    target_arch: dict | None = knob(None, help="the TargetNet cut from the SubNet (an Arch mapping; set by the search)")
+    target_blocks: list[list[int]] | None = knob(None, help="the TargetNet's block indices in the SubNet (set by the search)")
+    inherit: str | None = knob(None, metavar="FILE", group="the network",
+                               help="a supernet checkpoint (supernet.pt) whose weights the run starts from")
+    # a segmentation dataset; zoo models get an LR-ASPP head (docs/segmentation.md)
+    task: str = knob("classification", choices=lambda: TASKS, group="the network",
+                     help="classification, or segmentation: per-pixel classes from a segmentation dataset (mnistseg, voc, "
+                     "segfolder); a zoo model gets an LR-ASPP head; metric mIoU")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dataset is None:  # the task's bundled dataset
+            self.dataset = "mnistseg" if self.task == "segmentation" else "mnist5k"
+
+    @classmethod
+    def from_layers(cls, layers: list[dict[str, Any]]) -> "TrainConfig":
+        """Defaults, then each mapping of ``layers`` in turn (``nas.config.config_layers``: a config
+        file, then flags or keyword arguments), validated. ``model`` and ``arch`` are one choice:
+        the last layer that names either sets both (``--arch`` on the command line replaces a
+        file's ``model``)."""
+        values: dict[str, Any] = {}
+        network = None
+        for layer in layers:
+            values.update(layer)
+            if "model" in layer or "arch" in layer:
+                network = {"model": layer.get("model"), "arch": layer.get("arch")}
+        if network is None:
+            if values.get("subnet") is None:
+                raise ConfigError("--model", None, "give --model NAME, --arch FILE, --config FILE or --resume DIR "
+                                  "(Python: model= or arch=)")
+            network = {"model": None, "arch": None}  # the network is the search's SubNet / TargetNet
+        return cls(**{**values, **network}).validate()
+
+    def validate(self) -> "TrainConfig":
+        def check(name, ok, allowed):
+            if not ok:
+                raise ConfigError(name, getattr(self, name), allowed)
+
         from nas.data.loader import check_dataset_task
 
         check("op", self.op in op_kinds(), f"allowed: {', '.join(op_kinds())}")
         check("task", self.task in TASKS, f"allowed: {', '.join(TASKS)}")
         check_dataset_task(self.dataset, self.task)
-        check("aug", self.aug in AUG_KINDS, f"allowed: {', '.join(AUG_KINDS)}")
-        check("remap", self.remap in REMAP_KINDS, f"allowed: {', '.join(REMAP_KINDS)}")
-        check("hybrid", self.hybrid in ("mf", "mult"), "allowed: mf, mult")
+        self.check_method()
         check("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an integer >= 1")
         check("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 2, "an integer >= 2")
         check("lr", self.lr > 0 and math.isfinite(self.lr), "a positive number")
         check("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"between 0 and epochs ({self.epochs})")
-        check("weight_decay", self.weight_decay >= 0, "a number >= 0")
-        check("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)")
         check("aug_depth", isinstance(self.aug_depth, int) and self.aug_depth >= 0, "an integer >= 0")
         check("bn_images", self.bn_images >= 1, "an integer >= 1")
-        check("mutation", self.mutation is None or 0 <= self.mutation < 1, "a fraction of training in [0, 1)")
         check("workers", isinstance(self.workers, int) and self.workers >= 0, "an integer >= 0")
         check("precision", self.precision in PRECISIONS, f"allowed: {', '.join(PRECISIONS)}")
         # fp16 needs loss scaling; AdderNet's adaptive gradient scale renormalises an add layer's
@@ -147,7 +267,6 @@ class TrainConfig:
               "fp16 loss scaling cancels AdderNet's adaptive gradient scale of add layers: use bf16, or --eta 0")
         if (self.model is None) == (self.arch is None) and self.subnet is None:
             raise ConfigError("model", self.model, "give exactly one of --model and --arch")
-        AugSpec(tuple(self.width_mults), tuple(self.expand_mults), self.stop_width, self.depth_decay)
         return self
 
     @property
@@ -157,10 +276,6 @@ class TrainConfig:
             return self.mutation if mf else 0.0
         return 1 / 3 if (self.aug == "shiftaddaug" and mf) else 0.0
 
-    @property
-    def op_options(self) -> dict:
-        return {"shift": {"weight_bits": self.weight_bits}, "add": {"eta": self.eta}}
-
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["width_mults"], d["expand_mults"] = list(self.width_mults), list(self.expand_mults)
@@ -169,16 +284,10 @@ class TrainConfig:
         return d
 
     @staticmethod
-    def from_dict(d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"config.{unknown[0]}", d[unknown[0]], "unknown key")
-        d = dict(d)
-        for k in ("width_mults", "expand_mults"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return TrainConfig(**d).validate()
+    def from_dict(d: dict, where: str = "config") -> "TrainConfig":
+        """A configuration from a mapping (a run's ``config.json``); unknown keys and values of the
+        wrong type -> one ConfigError naming the key (``nas.config.from_mapping``)."""
+        return TrainConfig(**from_mapping(TrainConfig, d, where)).validate()
 
 
 def resolve_target(cfg: TrainConfig, num_classes: int, resolution: int) -> tuple[Arch, Arch, list[list[int]]]:
@@ -264,7 +373,8 @@ class Trainer(TrainLoop):
             max_arch = self.augmenter.max_arch
 
         def build() -> DynamicNet:
-            net = DynamicNet(max_arch, remap=cfg.remap, op_options=cfg.op_options, branch_norm=cfg.branch_norm)
+            net = DynamicNet(max_arch, remap=cfg.remap, op_options=cfg.op_options, branch_norm=cfg.branch_norm,
+                             remap_affine=cfg.remap_affine)
             if cfg.inherit:
                 from nas.supernet.net import inherit_weights
 
@@ -273,6 +383,9 @@ class Trainer(TrainLoop):
 
         self.setup_model(build)
         self.mutation = MutationSchedule(self.target, cfg.mutation_fraction)
+        log.debug(f"training {self.target.name} ({cfg.op}, aug {cfg.aug}) in {self.out} on {self.device}, {cfg.precision}: "
+                  f"{loaders.train.num_images} training images, {steps} steps per epoch, largest network {max_arch.name}, "
+                  f"mutation over {cfg.mutation_fraction:.3g} of training")
         self.py_rngs["aug"] = random.Random(cfg.seed + 1)
         self.best_val = 0.0
 
@@ -317,9 +430,17 @@ class Trainer(TrainLoop):
                 net.set_active_subnet(aug_arch, aug_blocks, target=target, target_blocks=self.target_blocks)
             else:  # --hybrid mult (docs/method.md, section 3): the augmented pass is entirely multiplicative
                 net.set_active_subnet(aug_arch, aug_blocks)
-            _, loss_a = self.forward_backward(x, lambda out: self._loss(out, y))
+            _, loss_a = self._augmented_pass(x, y)
             out["loss_aug"] = loss_a.item()
         return out
+
+    def _augmented_pass(self, x: torch.Tensor, y: torch.Tensor):
+        """The augmented pass's forward and backward, its blocks checkpointed with ``aug_checkpoint``."""
+        self.net.checkpoint_blocks = self.cfg.aug_checkpoint
+        try:
+            return self.forward_backward(x, lambda out: self._loss(out, y))
+        finally:
+            self.net.checkpoint_blocks = False
 
     def postfix(self, stats: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{stats['loss']:.3f}", "acc": f"{100 * stats['acc']:.1f}"}
@@ -365,9 +486,9 @@ class Trainer(TrainLoop):
         row.update({k: round(v, 4) for k, v in self.evaluate("val").items()})
         metric = self.task.metric
         self.best_val = max(self.best_val, row[f"val_{metric}"])
-        if self.progress:
-            print(f"epoch {self.epoch}/{self.cfg.epochs}: loss {row['train_loss']:.3f}  val {self.task.metric_label} "
-                  f"{row[f'val_{metric}']:.2f}%  ({row['time_s']:.1f}s)", flush=True)
+        if self.dist.is_writer:
+            log.info(f"epoch {self.epoch}/{self.cfg.epochs}: loss {row['train_loss']:.3f}  val {self.task.metric_label} "
+                     f"{row[f'val_{metric}']:.2f}%  ({row['time_s']:.1f}s)")
         return row
 
     def write_logs(self, row: dict) -> None:
@@ -377,6 +498,10 @@ class Trainer(TrainLoop):
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
         """Train to the end (evaluate, export, summarise), or only up to ``until_epoch``."""
         metrics_path = self.out / "metrics.csv"
+        if self.epoch >= self.cfg.epochs and until_epoch is None:  # a finished run: resuming it redoes nothing
+            done = self.dist.broadcast_object(_finished_summary(self.out) if self.dist.is_writer else None)
+            if done is not None:
+                return done
         if self.dist.is_writer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "config.json", {"schema_version": 1, "train": self.cfg.to_dict(),
@@ -441,6 +566,16 @@ def resume_trainer(run_dir: str | Path, progress: bool = True, export_dir: str |
     return trainer
 
 
+def _finished_summary(out: Path) -> dict | None:
+    """The summary of a run that finished (None if it has none yet, or a damaged one: then the
+    final evaluation and export run again and rewrite it)."""
+    try:
+        s = json.loads((out / "summary.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return s if isinstance(s, dict) and s.get("schema_version") == 1 and "test_acc" in s else None
+
+
 def _truncate_metrics(path: Path, epoch: int) -> None:
     """Drop rows after the checkpoint's epoch (a run killed after writing metrics, before saving),
     after cutting a torn last row (``heal_csv``)."""
@@ -476,16 +611,15 @@ def _append_metrics(path: Path, row: dict) -> None:
 
 
 def _plot_curves(metrics: Path, png: Path, column: str = "val_acc", label: str = "accuracy") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
+
+    from nas.io import new_figure
 
     if not metrics.is_file():  # nothing to plot (a history moved aside by heal_csv)
         return
     df = pd.read_csv(metrics)
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = new_figure(figsize=(9, 3.2))
+    ax = fig.subplots(1, 2)
     ax[0].plot(df["epoch"], df["train_loss"], label="target")
     if "train_loss_aug" in df:
         ax[0].plot(df["epoch"], df["train_loss_aug"], label="augmented")
@@ -494,4 +628,3 @@ def _plot_curves(metrics: Path, png: Path, column: str = "val_acc", label: str =
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel(f"val {label} (%)")
     fig.tight_layout()
     atomic_savefig(fig, png, dpi=110)
-    plt.close(fig)
