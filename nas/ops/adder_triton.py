@@ -34,14 +34,11 @@ Accumulation is in fp32 (fp64 for fp64 inputs); bf16/fp16 inputs are loaded and 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
-
-if TYPE_CHECKING:  # pragma: no cover
-    from nas.ops.adder import _Conv
 
 __all__ = ["conv_forward", "conv_input_grad", "conv_weight_grad", "blocks", "launch_config"]
 
@@ -256,7 +253,7 @@ def _weight_split(c, bo: int, bm: int, bk: int) -> tuple[int, int]:
     return triton.cdiv(m, chunk), chunk
 
 
-def launch_config(kind: str, c: _Conv, dtype: torch.dtype) -> tuple[Any, tuple[int, ...], dict[str, Any]]:
+def launch_config(kind: str, c: Any, dtype: torch.dtype) -> tuple[Any, tuple[int, ...], dict[str, Any]]:
     """(kernel, grid, constexpr arguments) of kernel ``kind`` ("forward", "input", "weight") for
     geometry ``c`` and input dtype; also what tests compile ahead of time for a GPU target."""
     og = c.O // c.G
@@ -277,7 +274,7 @@ def launch_config(kind: str, c: _Conv, dtype: torch.dtype) -> tuple[Any, tuple[i
     return _gw_kernel, grid, dict(ACC=acc, BLOCK_O=bo, BLOCK_M=bm, BLOCK_K=bk)
 
 
-def conv_forward(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, c: _Conv) -> None:
+def conv_forward(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, c: Any) -> None:
     """Write the adder forward of geometry ``c`` (``nas.ops.adder._Conv``) into the view ``y``."""
     kernel, grid, const = launch_config("forward", c, x.dtype)
     kernel[grid](
@@ -287,7 +284,7 @@ def conv_forward(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, c: _Conv) ->
     )  # fmt: skip
 
 
-def conv_input_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, gx: torch.Tensor, c: _Conv) -> None:
+def conv_input_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, gx: torch.Tensor, c: Any) -> None:
     """Write AdderNet's HardTanh input gradient into the view ``gx`` (shaped like ``x``)."""
     kernel, grid, const = launch_config("input", c, x.dtype)
     og = c.O // c.G
@@ -298,7 +295,7 @@ def conv_input_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, gx: torc
     )  # fmt: skip
 
 
-def conv_weight_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, c: _Conv) -> torch.Tensor:
+def conv_weight_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, c: Any) -> torch.Tensor:
     """AdderNet's full-precision weight gradient ``sum g (x - w)`` as a ``[O, Cg, kh, kw]`` tensor
     in the accumulation dtype (fp32, or fp64 for fp64 inputs), before the eta scaling."""
     kernel, grid, const = launch_config("weight", c, x.dtype)
