@@ -158,11 +158,15 @@ class BlockSpec:
 
 @dataclass(frozen=True)
 class StageSpec:
+    """A stage: its blocks in order (the first may change resolution and width)."""
+
     blocks: tuple[BlockSpec, ...]
 
 
 @dataclass(frozen=True)
 class ClassifierSpec:
+    """The final linear layer: its operator (the conventions keep it ``mult``) and dropout before it."""
+
     op: str = "mult"
     dropout: float = 0.0
 
@@ -189,6 +193,13 @@ class SegHeadSpec:
 
 @dataclass(frozen=True)
 class Arch:
+    """The one architecture schema: stem, stages of blocks, optional head convs, classifier.
+
+    Frozen and hashable; ``to_dict`` / ``from_dict`` are the canonical JSON (sorted keys,
+    ``schema_version``), ``arch_id`` hashes it without the name, ``with_ops`` applies an operator
+    convention and ``to_flat`` gives NNI-style labels. See docs/architecture.md.
+    """
+
     name: str
     resolution: int
     num_classes: int
@@ -602,9 +613,9 @@ def _arch_from_dict(d: Any, where: str) -> Arch:
             c = blk.out_channels
         stages.append(StageSpec(tuple(blocks)))
     heads = {}
-    for head, k in (("feature_mix", 1), ("post_pool", 1)):
+    for head, kernel in (("feature_mix", 1), ("post_pool", 1)):
         v = d.get(head)
-        heads[head] = None if v is None else _conv_from_dict(v, f"{where}.{head}", k, 1)
+        heads[head] = None if v is None else _conv_from_dict(v, f"{where}.{head}", kernel, 1)
         if heads[head] is not None and (heads[head].kernel_size != 1 or heads[head].stride != 1):
             raise ConfigError(f"{where}.{head}", v, "the head convs are 1x1 with stride 1")
     cls = d.get("classifier", {})

@@ -7,7 +7,7 @@ allowed. Command-line entry points catch it and print that line instead of a tra
 from __future__ import annotations
 
 import reprlib
-from typing import Any
+from typing import Any, Collection
 
 # repr of the offending value, bounded: a value with a million entries or nested a hundred
 # thousand levels deep still makes a short single line (and no RecursionError)
@@ -49,7 +49,7 @@ class TrainingDivergedError(RuntimeError):
     """A loss or a weight turned NaN / infinite; the message names the layer."""
 
 
-def check_keys(d: Any, where: str, allowed, required=()) -> dict:
+def check_keys(d: Any, where: str, allowed: Collection[str], required: Collection[str] = ()) -> dict:
     """``d`` must be a mapping with only ``allowed`` keys and every ``required`` one."""
     if not isinstance(d, dict):
         raise ConfigError(where, d, "expected a mapping")

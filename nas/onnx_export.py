@@ -230,7 +230,7 @@ def _reference(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return ref, ref64
 
 
-def export_onnx(model: nn.Module, path, resolution: int, opset: int = 17, check: bool = True) -> dict:
+def export_onnx(model: nn.Module, path: str | Path, resolution: int, opset: int = 17, check: bool = True) -> dict:
     """Write ``model`` (a static TargetNet) as ONNX to ``path``; returns a summary dict.
 
     Input ``input`` [batch, C, resolution, resolution] float32 with a dynamic batch axis, output

@@ -212,7 +212,7 @@ def claim(folder: str | Path, command: str, *, resume: bool = False, overwrite: 
         failed = False
     except OSError as e:  # the one-line message names the run to resume (``describe_os_error``)
         if getattr(e, "run_dir", None) is None:
-            e.run_dir = folder
+            e.run_dir = folder  # type: ignore[attr-defined]  # read by describe_os_error
         raise
     finally:
         if parent is not None:

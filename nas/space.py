@@ -47,6 +47,8 @@ MAX_CHOICES = 64  # entries of one choice list (depths, kernels, expand ratios, 
 
 @dataclass(frozen=True)
 class StageChoices:
+    """The choices of one stage of a search space: depths, kernels, expand ratios, widths (stride, activation and SE fixed)."""
+
     depth: tuple[int, ...]
     kernel_size: tuple[int, ...]
     expand_ratio: tuple[float, ...]
@@ -58,6 +60,8 @@ class StageChoices:
 
 @dataclass(frozen=True)
 class HeadChoices:
+    """The width choices of the stem or the feature-mix conv (kernel, stride and activation fixed)."""
+
     out_channels: tuple[int, ...]
     kernel_size: int = 3
     stride: int = 2
@@ -84,6 +88,12 @@ def se_channels(mid: int) -> int:
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """A search space (``search_spaces/*.yaml``): per-stage choices, head choices, augmentation multiples.
+
+    ``genes`` / ``sample_genome`` / ``decode`` / ``encode`` map between flat genomes and Archs;
+    ``max_arch`` / ``min_arch`` are its extremes; ``validate`` checks that an Arch belongs to it.
+    """
+
     name: str
     resolution: int
     stem: HeadChoices
@@ -500,7 +510,7 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
 
 
 class TargetSpace:
-    """The TargetNets that can be cut out of a SubNet (NAS stage two, method.md section 6).
+    """The TargetNets that can be cut out of a SubNet (NAS stage two, docs/method.md, section 6).
 
     A TargetNet keeps each stage's first block of the SubNet and any subset of its other blocks
     (the genes ``s{i}_b{j}_keep``), and may narrow every width and expand ratio to a choice of the
@@ -540,7 +550,7 @@ class TargetSpace:
                 raise ConfigError(f"target.{k}", genome.get(k, "<missing>"), f"allowed: {', '.join(map(str, choices))}")
         stages, blocks_idx = [], []
         c = genome["stem_out"]
-        for i, (sc, st) in enumerate(zip(self.space.stages, self.subnet.stages)):
+        for i, st in enumerate(self.subnet.stages):
             out = genome[f"s{i}_out"]
             blocks, idx = [], []
             for j, b in enumerate(st.blocks):
@@ -562,7 +572,7 @@ class TargetSpace:
         for i, (st, idx) in enumerate(zip(target.stages, blocks)):
             g[f"s{i}_out"] = st.blocks[0].out_channels
             kept = dict(zip(idx, st.blocks))
-            for j, b in enumerate(self.subnet.stages[i].blocks):
+            for j in range(len(self.subnet.stages[i].blocks)):
                 if j > 0:
                     g[f"s{i}_b{j}_keep"] = int(j in kept)
                 g[f"s{i}_b{j}_e"] = _match(kept[j].expand_ratio, self.space.stages[i].expand_ratio) if j in kept else min(self._genes[f"s{i}_b{j}_e"])

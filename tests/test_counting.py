@@ -1,6 +1,5 @@
 """Exact op counts: hand-computed layers, agreement with the built model, published figures."""
 
-import json
 from pathlib import Path
 
 import pytest

@@ -409,7 +409,7 @@ def test_full_disk_and_permission_errors_on_every_write_path(finished, tmp_path,
     out = tmp_path / "run"
     faults = WriteFaults(out)
     args = search_args(out)
-    for attempt in range(80):
+    for _attempt in range(80):
         faults.armed = True
         with faults.installed(monkeypatch):
             rc = search_main(args)
@@ -477,7 +477,7 @@ def test_kill_9_anywhere_in_a_search_then_resume(seed, finished, tmp_path):
     cmd = [str(BIN / "shiftaddaug-search"), *search_args(out)]
     kills = []
     for point, ready in rng.sample(SEARCH_POINTS, 2):  # two kills per run, at two random points
-        if kill_when(cmd, lambda: ready(out), rng.uniform(0, 1.5)):
+        if kill_when(cmd, lambda: ready(out), rng.uniform(0, 1.5)):  # noqa: B023 (called before the loop moves on)
             st = done(out)
             in_stage_two = "stage1" in st and "stage2" not in st and (out / "stage2.journal").is_file()
             trials = {}

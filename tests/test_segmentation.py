@@ -158,7 +158,9 @@ def test_output_resolution_is_part_of_the_price():
 
     base = to_segmentation(zoo_arch("mbv2-tiny", "add", 64, 11))
     big = to_segmentation(zoo_arch("mbv2-tiny", "add", 128, 11))
-    up = lambda a: next(r for r in count_ops(a).rows if r.layer.name == "head.up_out")
+    def up(a):
+        return next(r for r in count_ops(a).rows if r.layer.name == "head.up_out")
+
     assert up(big).mults == 4 * up(base).mults
     e = {L.name: en.energy_mJ for L, en in price_arch(base).rows}
     assert e["head.cbr"] > 0 and e["head.low_classifier"] > 0 and e["head.up_out"] == 0  # upsampling not charged

@@ -23,10 +23,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from nas._version import __version__
+from nas.arch import Arch
 from nas.codegen.emit_c import GENERATOR_VERSION, CProgram, LayerOps, count_static_mults, generate_c
 from nas.codegen.intnet import DEFAULT_AGREE, DEFAULT_MULT_BITS, IntNet, build_intnet, check_task
 from nas.codegen.reference import run_int
@@ -100,7 +102,7 @@ def load_run(run_dir: str | Path) -> RunData:
     return RunData(model, target, model.arch.arch_id, train["dataset"], data, loaders.transform, res)
 
 
-def split_images(split, n: int | None, resolution: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def split_images(split: Any, n: int | None, resolution: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, C, R, R) and labels of ``n`` images of a split: the first n, or a seeded
     random subset."""
     total = len(split)
@@ -119,6 +121,8 @@ def split_images(split, n: int | None, resolution: int, seed: int | None = None)
 
 @dataclass
 class Export:
+    """What ``export_c`` produced: the integer network, the C program, where it was written and the run it came from."""
+
     net: IntNet
     program: CProgram
     out_dir: Path
@@ -217,7 +221,7 @@ def parse_counts(stderr: str, names: list[str], images: int) -> dict[str, dict]:
 # agreement with nas.cost.counting
 
 
-def compare_with_counter(ops: list[LayerOps], arch) -> list[dict]:
+def compare_with_counter(ops: list[LayerOps], arch: Arch) -> list[dict]:
     """Per layer of ``nas.cost.counting.count_ops(arch)``: the counter's numbers, the generated
     code's, and whether they agree under the documented relations:
 
@@ -282,7 +286,7 @@ def _multiplication_free(lo: LayerOps) -> bool:
 
 
 def check_c(ex: Export, test_images: int | None = None, random_images: int = RANDOM_IMAGES, cc: str | None = None,
-            progress=print) -> dict:
+            progress: Callable[[str], object] = print) -> dict:
     """Compile and check an export (see module docstring). Returns the report dict (``ok`` says
     whether bit-exactness, the op-count agreements and the multiplication-free loops all hold)."""
     net, prog, rd = ex.net, ex.program, ex.run
@@ -404,7 +408,7 @@ def format_report(ex: Export, rep: dict) -> str:
 # shiftaddaug-cost --deploy
 
 
-def deploy_counts(arch, requant: str = "csd", seed: int = 0) -> tuple[CProgram, list[dict]]:
+def deploy_counts(arch: Arch, requant: str = "csd", seed: int = 0) -> tuple[CProgram, list[dict]]:
     """Generate the C code of ``arch`` with freshly initialised weights (formats calibrated on a few
     random images) and compare the generator's loop counts with ``nas.cost.counting``.
 

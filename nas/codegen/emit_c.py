@@ -77,6 +77,8 @@ class LayerOps:
 
 @dataclass
 class CProgram:
+    """Generated C sources (file name -> text) with the operations and constant bytes per layer and the memory plan."""
+
     files: dict[str, str]
     ops: list[LayerOps]
     flash: dict[str, int]  # constant bytes per layer
@@ -223,7 +225,7 @@ class _Emitter:
         skip_pad = p > 0 and n.op != "add"
         xv = "xv" if adder_pad else ("(" + at + ")x[xr + ix]" if skip_pad else f"({at})x[xi]")
         if n.op == "shift":
-            zero = f" if (cd & 64) v = 0;" if n.has_zero_weights else ""
+            zero = " if (cd & 64) v = 0;" if n.has_zero_weights else ""
             term = (f"{{ uint8_t cd = {wname}[wi]; {at} v = {shl}({xv}, cd & 63);{zero} "
                     "acc = (cd & 128) ? L_SUB(acc, v) : L_ADD(acc, v); }")
         elif n.op == "add":

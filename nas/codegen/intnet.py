@@ -578,7 +578,7 @@ def grid_integer_bits(fmt: Fmt, extra_abs: int = 0) -> int:
 def _lower_conv(n: ConvNode, mult_bits: int) -> None:
     xf, yf = n.inputs[0].fmt, n.out.fmt
     m = n.module
-    o, k = n.cout, n.kernel
+    o = n.cout
     xmax = max(abs(xf.lo), abs(xf.hi))
     affine = _affine(n)
     with torch.no_grad():
@@ -725,7 +725,7 @@ def _logit_format(n: ConvNode) -> Fmt:
 # entry point
 
 
-def input_tables(transform, raw_channels: int, net_channels: int) -> tuple[torch.Tensor, list[int]]:
+def input_tables(transform: Callable[[torch.Tensor], torch.Tensor], raw_channels: int, net_channels: int) -> tuple[torch.Tensor, list[int]]:
     """[C, 256] normalised value of each pixel value per network channel, computed by the
     dataset's own evaluation transform (so the tables equal what the float model sees), and the
     stored channel each network channel reads."""

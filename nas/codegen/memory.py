@@ -20,6 +20,8 @@ ALIGN = 4
 
 @dataclass
 class MemoryPlan:
+    """Byte offsets of the activation buffers in one arena, its size and the peak of live activation bytes."""
+
     offsets: dict[str, int]  # buffer name -> byte offset in the arena
     arena_bytes: int
     peak_live_bytes: int
@@ -61,7 +63,7 @@ def plan_memory(net: IntNet) -> MemoryPlan:
     order = sorted((b for k, b in bufs.items() if b is not logits), key=lambda b: (-b.nbytes, first[id(b)]))
     for b in order:
         size, lo, hi = _align(b.nbytes), first[id(b)], last[id(b)]
-        clashes = sorted((o, s) for o, s, f, l in placed if not (l < lo or hi < f))
+        clashes = sorted((o, s) for o, s, fst, lst in placed if not (lst < lo or hi < fst))
         off = 0
         for o, s in clashes:
             if off + size <= o:

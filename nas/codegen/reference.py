@@ -10,6 +10,8 @@ with arithmetic (floor) right shifts, as the C code does.
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 import torch.nn.functional as F
 
@@ -88,7 +90,11 @@ def _run_node(n: Node, *xs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_int(net: IntNet, raw: torch.Tensor, keep: bool = False):
+@overload
+def run_int(net: IntNet, raw: torch.Tensor, keep: Literal[False] = ...) -> torch.Tensor: ...
+@overload
+def run_int(net: IntNet, raw: torch.Tensor, keep: Literal[True]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+def run_int(net: IntNet, raw: torch.Tensor, keep: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Run the integer network on uint8 images ``(N, Cs, H, W)``; int64 logits ``(N, classes)``
     (real value = logit * 2**-net.logit_frac). ``keep=True`` also returns every tensor by name."""
     if raw.dtype != torch.uint8 or tuple(raw.shape[1:]) != tuple(net.input.raw_shape):

@@ -20,6 +20,7 @@ import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from nas.errors import ConfigError
 
@@ -73,7 +74,7 @@ class Budget:
         """Whether a cost in this budget's unit (mJ or ms) fits."""
         return value <= self.value
 
-    def cost_of(self, price) -> float:
+    def cost_of(self, price: Any) -> float:
         """The budgeted quantity of a priced network (anything with ``energy_mJ`` / ``latency_ms``)."""
         return float(price.energy_mJ if self.metric == "energy" else price.latency_ms)
 

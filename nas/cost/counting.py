@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from nas.arch import Arch
 from nas.cost.layers import KINDS, Layer, arch_layers
 from nas.ops.registry import MULT, OPS, op_counts
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch.nn as nn
 
 __all__ = ["KINDS", "COUNT_KEYS", "Layer", "LayerCost", "CostReport", "arch_layers", "layer_cost", "count_ops", "count_module_ops"]
 
@@ -154,7 +157,7 @@ def count_ops(arch: Arch, batch: int = 1) -> CostReport:
     return CostReport(arch.name, [layer_cost(L, batch) for L in arch_layers(arch)], batch)
 
 
-def count_module_ops(model, input_shape: Iterable[int]) -> list[dict]:
+def count_module_ops(model: nn.Module, input_shape: Iterable[int]) -> list[dict]:
     """Counts of every conv / linear leaf of ``model`` from one real forward pass.
 
     Leaves that define ``count_ops(out_shape)`` (the toolkit's shift and add ops) report their

@@ -105,7 +105,7 @@ def ordered_factorizations(n: int, parts: int) -> tuple[tuple[int, ...], ...]:
     return tuple((d,) + rest for d in _divisors_in_order(n) for rest in ordered_factorizations(n // d, parts - 1))
 
 
-def _skip_remove(items: tuple[tuple[int, ...], ...], bad) -> list[tuple[int, ...]]:
+def _skip_remove(items: Iterable[tuple[int, ...]], bad) -> list[tuple[int, ...]]:
     """The reference's ``for t in lst: if bad(t): lst.remove(t)``: removing while iterating skips
     the element right after each removed one (it survives unchecked)."""
     out = list(items)
@@ -206,7 +206,7 @@ def _search(hw: Hardware, rule: EnergyRule, bits: int, N: int, C: int, H: int, R
     mem, cmpf = prec.memory_factor, prec.compute_factor
 
     n_t = np.array(ordered_factorizations(N, 2), dtype=np.int64)  # (N0, N3)
-    m_all = ordered_factorizations(M, 4)  # (M0, M1, M2, M3)
+    m_all: Iterable[tuple[int, ...]] = ordered_factorizations(M, 4)  # (M0, M1, M2, M3)
     if hw.reference_m0_prefilter:
         m_all = _skip_remove(m_all, lambda t: t[0] > hw.rf_output_words)
     m_t = np.array([t for t in m_all if t[0] <= hw.rf_output_words * mem], dtype=np.int64).reshape(-1, 4)

@@ -177,7 +177,7 @@ def load_hardware(name_or_path: str | Path | Hardware | None = None) -> Hardware
 
 
 def _num(d: dict, key: str, where: str, integer: bool = False, positive: bool = True) -> Any:
-    v = d.get(key)
+    v: Any = d.get(key)
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
     if ok and integer:
         ok = float(v).is_integer()

@@ -43,11 +43,16 @@ import re
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from nas.cost.layers import Layer, arch_layers
 from nas.errors import ConfigError
 from nas.ops.registry import MULT, op_kinds
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch.nn as nn
+
+    from nas.arch import Arch
 
 DEVICES = ("cpu", "cuda")
 
@@ -197,7 +202,7 @@ def measure_layer(
         return time_calls(fn, warmup, repeats, device)
 
 
-def _round_robin(fns: list[Callable[[], object]], warmup: int, repeats: int, device: str, inner: int = 1) -> list[Timing]:
+def _round_robin(fns: list[Callable[..., object]], warmup: int, repeats: int, device: str, inner: int = 1) -> list[Timing]:
     """Time every function ``repeats`` times, one call of each in turn per round.
 
     In a network every layer runs between other layers, not in a tight loop of itself; timing a
@@ -284,7 +289,7 @@ def measure_archs(
 
 
 def measure_arch(
-    arch,
+    arch: Arch,
     *,
     device: str = "cpu",
     batch: int = 1,
@@ -292,7 +297,7 @@ def measure_arch(
     repeats: int = 50,
     threads: int | None = 1,
     op_options: dict | None = None,
-    model=None,
+    model: nn.Module | None = None,
 ) -> Timing:
     """End-to-end latency of ``build_model(arch)`` (eval, no_grad), same settings as the layers."""
     import torch
@@ -331,7 +336,7 @@ def calibrate_layer_overhead(
     Returns ``{"layer": {op: ms}, "archs": n, "spread": [min, max] gap per layer}``.
     """
     container_ms = container_ms or {"network": 0.0, "block": 0.0}
-    kw = dict(device=device, batch=batch, warmup=warmup, repeats=repeats, threads=threads, op_options=op_options)
+    kw: dict = dict(device=device, batch=batch, warmup=warmup, repeats=repeats, threads=threads, op_options=op_options)
     rows = []  # (gap, {op: layers})
     for a in archs:
         layers = arch_layers(a)

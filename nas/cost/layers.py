@@ -187,7 +187,7 @@ def block_layers(stage: int, block: int, cin: int, b: BlockSpec, hw: int) -> lis
     """The layers of block ``block`` of stage ``stage`` with ``cin`` input channels at ``hw`` x ``hw``."""
     mid = b.mid_channels
     out = conv_out_size(hw, b.kernel_size, b.stride)
-    at = {"stage": stage, "block": block}
+    at: dict = {"stage": stage, "block": block}  # keyword arguments of make_layer
     layers = []
     if b.expand_ratio != 1:
         layers.append(make_layer("expand", b.op, cin, mid, 1, 1, 1, hw, hw, bn=True, act=b.act, **at))

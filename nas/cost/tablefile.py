@@ -227,12 +227,12 @@ def _parse(col: str, raw: str, where: str) -> Any:
     if col in ("kind", "part", "op", "act", "tiling"):
         return s
     try:
-        v = float(s)
+        x = float(s)
     except ValueError:
         raise ConfigError(where, raw, "expected a number") from None
-    if not math.isfinite(v) or v < 0:
+    if not math.isfinite(x) or x < 0:
         raise ConfigError(where, raw, "expected a finite number >= 0")
-    return v
+    return x
 
 
 def _check_key(key: RowKey, where: str) -> None:

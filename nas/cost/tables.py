@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence, cast
 
 from nas.arch import Arch
 from nas.cost import energy, latency
@@ -445,7 +445,7 @@ def energy_table(space: Any, hardware: Hardware | str | None = None, bits: int =
     t = LookupTable.open(p, lambda: EnergyTable.create(hw, bits, space=space.name, ops=list(ops)))
     t.header.update(conventions_header(ops))
     t.build_space(space, ops, progress=progress)
-    return t
+    return cast(EnergyTable, t)  # open() checks the file is an energy table
 
 
 def _rel(path: str) -> str:

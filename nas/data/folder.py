@@ -11,6 +11,7 @@ test loader reads val). Class names are the sorted subfolder names of the traini
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,8 @@ class FileSplit:
     def subset(self, indices: Tensor) -> FileSplit:
         return FileSplit([self.paths[i] for i in indices.tolist()], self.labels[indices])
 
-    def batches(self, index_batches, resolution: int, num_workers: int = 0, device=None):
+    def batches(self, index_batches: Sequence[Tensor], resolution: int, num_workers: int = 0,
+                device: torch.device | str | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         # The batch order is fixed by the caller; workers only decode, and DataLoader keeps order.
         key = (resolution, num_workers, pin_for(device))
         if key not in self._loaders:

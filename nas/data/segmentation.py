@@ -137,6 +137,7 @@ def _compose(digits: Tensor, labels: Tensor, n: int, gen: torch.Generator) -> tu
                     best = (overlap, y, x)
                 if overlap == 0:
                     break
+            assert best is not None  # the loop above ran
             _, y, x = best
             boxes.append((y, x, s))
             d = pools[s][k, 0]

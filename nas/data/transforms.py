@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 AUGMENTS = ("crop", "rrc", "none")
+Rows = tuple[int, Any] | None  # a shard of a batch: (images in the whole batch, index of the rows kept)
 
 
 def resize_uint8(images: Tensor, size: int, chunk: int = 512) -> Tensor:
@@ -52,16 +54,16 @@ def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...],
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def _draw(t: Tensor, rows) -> Tensor:
+def _draw(t: Tensor, rows: Rows) -> Tensor:
     """Per-image draws of a whole batch, cut to a shard's rows."""
     return t if rows is None else t[rows[1]]
 
 
-def _n(images: Tensor, rows) -> int:
+def _n(images: Tensor, rows: Rows) -> int:
     return images.shape[0] if rows is None else rows[0]
 
 
-def random_crop(images: Tensor, padding: int, gen: torch.Generator, rows=None) -> Tensor:
+def random_crop(images: Tensor, padding: int, gen: torch.Generator, rows: Rows = None) -> Tensor:
     """Zero-pad by ``padding`` and cut a random same-size window per image (one gather, no loop)."""
     if padding <= 0:
         return images
@@ -70,11 +72,11 @@ def random_crop(images: Tensor, padding: int, gen: torch.Generator, rows=None) -
     n = _n(images, rows)
     oy = _draw(torch.randint(0, 2 * padding + 1, (n,), generator=gen), rows).to(images.device)
     ox = _draw(torch.randint(0, 2 * padding + 1, (n,), generator=gen), rows).to(images.device)
-    rows = (oy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+    yi = (oy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # not the shard's rows
     cols = (ox[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
     bi = torch.arange(b, device=images.device)[:, None, None, None]
     ci = torch.arange(c, device=images.device)[None, :, None, None]
-    return padded[bi, ci, rows, cols]
+    return padded[bi, ci, yi, cols]
 
 
 def random_resized_crop(
@@ -82,7 +84,7 @@ def random_resized_crop(
     gen: torch.Generator,
     scale: tuple[float, float] = (0.25, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    rows=None,
+    rows: Rows = None,
 ) -> Tensor:
     """Random-resized-crop "lite" on a float batch: one affine grid_sample for the whole batch.
 
@@ -107,7 +109,7 @@ def random_resized_crop(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def random_hflip(images: Tensor, gen: torch.Generator, rows=None) -> Tensor:
+def random_hflip(images: Tensor, gen: torch.Generator, rows: Rows = None) -> Tensor:
     """Mirror each image with probability 1/2."""
     flip = _draw(torch.rand(_n(images, rows), generator=gen) < 0.5, rows).to(images.device)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
@@ -131,7 +133,7 @@ class BatchTransform:
     padding: int = 4
     out_channels: int = 3
 
-    def __call__(self, images: Tensor, gen: torch.Generator | None = None, rows=None) -> Tensor:
+    def __call__(self, images: Tensor, gen: torch.Generator | None = None, rows: Rows = None) -> Tensor:
         train = gen is not None
         if train and self.augment == "crop":
             images = random_crop(images, self.padding, gen, rows)

@@ -39,6 +39,20 @@ def pair(field: str, value: Any, low: int) -> tuple[int, int]:
         raise ConfigError(field, value, f"allowed: an integer >= {low} or a pair of them") from None
 
 
+class ConvGeometry:
+    """The ``nn.Conv2d`` geometry attributes ``conv_config`` sets on a conv module (declared here
+    so that type checkers know them; a base of the shift and adder convs, no behaviour)."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    padding_mode: str
+
+
 def conv_config(
     module: Any,
     in_channels: Any,

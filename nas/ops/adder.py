@@ -60,6 +60,7 @@ import ctypes
 import math
 import os
 import warnings
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -67,7 +68,7 @@ import torch.nn.functional as F
 
 from nas.errors import ConfigError
 from nas.ops import _ext
-from nas.ops._common import check_int, conv_config, conv_repr, conv_terms, numel, pair
+from nas.ops._common import ConvGeometry, check_int, conv_config, conv_repr, conv_terms, numel, pair
 from nas.ops.registry import DEFAULT_ETA, check_eta, get_kind
 
 __all__ = [
@@ -459,9 +460,9 @@ def adder_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    stride=1,
-    padding=0,
-    dilation=1,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     eta: float | None = DEFAULT_ETA,
 ) -> torch.Tensor:
@@ -507,7 +508,7 @@ def adder_linear(
 # Modules
 
 
-class AdderConv2d(nn.Module):
+class AdderConv2d(ConvGeometry, nn.Module):
     """Adder convolution with the ``nn.Conv2d`` signature plus ``eta`` (gradient scaling, None: off).
 
     Weights are initialised N(0, 1) as in AdderNet (an adder layer needs BatchNorm after it); the
@@ -518,22 +519,22 @@ class AdderConv2d(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         eta: float | None = DEFAULT_ETA,
     ):
         super().__init__()
         shape = conv_config(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode)
         self.eta = check_eta(eta)
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(shape, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
@@ -546,7 +547,7 @@ class AdderConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return adder_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, self.eta)
 
-    def count_ops(self, out_shape) -> dict[str, int]:
+    def count_ops(self, out_shape: tuple[int, ...] | torch.Size) -> dict[str, int]:
         k = conv_terms(self.in_channels, self.groups, self.kernel_size)
         return get_kind("add").counting.counts(k, numel(out_shape), self.bias is not None)
 
@@ -562,8 +563,8 @@ class AdderLinear(nn.Module):
         in_features: int,
         out_features: int,
         bias: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         eta: float | None = DEFAULT_ETA,
     ):
@@ -571,7 +572,7 @@ class AdderLinear(nn.Module):
         self.in_features = check_int("in_features", in_features, 1)
         self.out_features = check_int("out_features", out_features, 1)
         self.eta = check_eta(eta)
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters()
@@ -584,7 +585,7 @@ class AdderLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return adder_linear(x, self.weight, self.bias, self.eta)
 
-    def count_ops(self, out_shape) -> dict[str, int]:
+    def count_ops(self, out_shape: tuple[int, ...] | torch.Size) -> dict[str, int]:
         return get_kind("add").counting.counts(self.in_features, numel(out_shape), self.bias is not None)
 
     def extra_repr(self) -> str:

@@ -34,6 +34,8 @@ Accumulation is in fp32 (fp64 for fp64 inputs); bf16/fp16 inputs are loaded and 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -204,7 +206,7 @@ def _gw_kernel(
     sgn, sgo, sgh, sgw,
     sxn, sxc, sxh, sxw,
     swo, swc, swh, sww,
-    H, W, O, G, Og, Cg, KH, KW, Ho, Wo, M, K, chunk,
+    H, W, O, G, Og, Cg, KH, KW, Ho, Wo, M, K, chunk,  # noqa: E741 (O: output channels, as in the other kernels)
     sh, sw, ph, pw, dh, dw,
     ACC: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -251,7 +253,7 @@ def _weight_split(c, bo: int, bm: int, bk: int) -> tuple[int, int]:
     return triton.cdiv(m, chunk), chunk
 
 
-def launch_config(kind: str, c, dtype: torch.dtype):
+def launch_config(kind: str, c: Any, dtype: torch.dtype) -> tuple[Any, tuple[int, ...], dict[str, Any]]:
     """(kernel, grid, constexpr arguments) of kernel ``kind`` ("forward", "input", "weight") for
     geometry ``c`` and input dtype; also what tests compile ahead of time for a GPU target."""
     og = c.O // c.G
@@ -272,7 +274,7 @@ def launch_config(kind: str, c, dtype: torch.dtype):
     return _gw_kernel, grid, dict(ACC=acc, BLOCK_O=bo, BLOCK_M=bm, BLOCK_K=bk)
 
 
-def conv_forward(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, c) -> None:
+def conv_forward(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, c: Any) -> None:
     """Write the adder forward of geometry ``c`` (``nas.ops.adder._Conv``) into the view ``y``."""
     kernel, grid, const = launch_config("forward", c, x.dtype)
     kernel[grid](
@@ -282,7 +284,7 @@ def conv_forward(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, c) -> None:
     )  # fmt: skip
 
 
-def conv_input_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, gx: torch.Tensor, c) -> None:
+def conv_input_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, gx: torch.Tensor, c: Any) -> None:
     """Write AdderNet's HardTanh input gradient into the view ``gx`` (shaped like ``x``)."""
     kernel, grid, const = launch_config("input", c, x.dtype)
     og = c.O // c.G
@@ -293,7 +295,7 @@ def conv_input_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, gx: torc
     )  # fmt: skip
 
 
-def conv_weight_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, c) -> torch.Tensor:
+def conv_weight_grad(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, c: Any) -> torch.Tensor:
     """AdderNet's full-precision weight gradient ``sum g (x - w)`` as a ``[O, Cg, kh, kw]`` tensor
     in the accumulation dtype (fp32, or fp64 for fp64 inputs), before the eta scaling."""
     kernel, grid, const = launch_config("weight", c, x.dtype)

@@ -156,7 +156,7 @@ def shift_conv2d_int(
     integer_bits: int | None = None,
     fraction_bits: int | None = None,
     return_int: bool = False,
-):
+) -> torch.Tensor | tuple[torch.Tensor, int]:
     """Run ``module`` with integer shifts and additions; float result ``acc * 2**-(F + guard)``.
 
     With ``return_int=True`` returns ``(acc int64, total_fraction_bits)`` instead.
@@ -184,7 +184,7 @@ def shift_linear_int(
     integer_bits: int | None = None,
     fraction_bits: int | None = None,
     return_int: bool = False,
-):
+) -> torch.Tensor | tuple[torch.Tensor, int]:
     """``shift_conv2d_int`` for a ShiftLinear (a 1x1 convolution on a 1x1 image)."""
     p = shift_layer_params(module, integer_bits, fraction_bits)
     lead = x.shape[:-1]
@@ -206,7 +206,7 @@ def _adder_terms(wi):
 
 def adder_conv2d_int(
     module: AdderConv2d, x: torch.Tensor, integer_bits: int, fraction_bits: int, return_int: bool = False
-):
+) -> torch.Tensor | tuple[torch.Tensor, int]:
     """Run ``module`` in integers on the fixed-point grid (I, F); float result ``acc * 2**-F``."""
     check_act_bits(integer_bits, fraction_bits)
     xi = fixed_point_int(x, integer_bits, fraction_bits)
@@ -228,7 +228,7 @@ def adder_conv2d_int(
 
 def adder_linear_int(
     module: AdderLinear, x: torch.Tensor, integer_bits: int, fraction_bits: int, return_int: bool = False
-):
+) -> torch.Tensor | tuple[torch.Tensor, int]:
     """``adder_conv2d_int`` for an AdderLinear."""
     check_act_bits(integer_bits, fraction_bits)
     lead = x.shape[:-1]

@@ -27,7 +27,7 @@ import torch
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def full_precision(x: torch.Tensor):
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
     """The context an MF layer computes ``x`` in: autocast off, and no TF32 convolutions on CUDA.
     Nothing to do (a null context) on a CPU without autocast: the default path stays as it was."""
     kind = x.device.type

@@ -38,7 +38,8 @@ def _columns(x, weight, stride, padding, dilation, groups):
     return cols, weight.reshape(groups, o // groups, cg * kh * kw), (ho, wo)
 
 
-def adder_conv2d_loops(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def adder_conv2d_loops(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+                       groups: int = 1) -> torch.Tensor:
     """AdderNet forward by the definition, one output element at a time (tiny shapes only)."""
     n, c, h, w = x.shape
     o, cg, kh, kw = weight.shape
@@ -69,7 +70,7 @@ def adder_conv2d_loops(x, weight, bias=None, stride=1, padding=0, dilation=1, gr
     return y
 
 
-def adaptive_grad_scale_reference(grad, eta):
+def adaptive_grad_scale_reference(grad: torch.Tensor, eta: float | None) -> torch.Tensor:
     if eta is None:
         return grad
     return grad / grad.norm(p=2).clamp(min=1e-12) * math.sqrt(grad.numel()) * eta
@@ -94,7 +95,8 @@ class _AdderReference(torch.autograd.Function):
         return grad_cols, adaptive_grad_scale_reference(grad_w, ctx.eta), None
 
 
-def adder_conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, eta=0.2):
+def adder_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+                           groups: int = 1, eta: float | None = 0.2) -> torch.Tensor:
     """AdderNet convolution: unfold, broadcast, explicit backward (memory O(N*O*K*L))."""
     n = x.shape[0]
     cols, wg, (ho, wo) = _columns(x, weight, stride, padding, dilation, groups)
@@ -102,7 +104,7 @@ def adder_conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1
     return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
-def adder_linear_reference(x, weight, bias=None, eta=0.2):
+def adder_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, eta: float | None = 0.2) -> torch.Tensor:
     """AdderNet linear as a 1x1 reference convolution on [B, in, 1, 1]."""
     lead = x.shape[:-1]
     y = adder_conv2d_reference(x.reshape(-1, x.shape[-1], 1, 1), weight[:, :, None, None], None, eta=eta)
@@ -110,7 +112,8 @@ def adder_linear_reference(x, weight, bias=None, eta=0.2):
     return y if bias is None else y + bias
 
 
-def adder_surrogates(x, weight, stride=1, padding=0, dilation=1, groups=1):
+def adder_surrogates(x: torch.Tensor, weight: torch.Tensor, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+                     groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(s_w, s_x): smooth functions of (x, weight) whose autograd gradients are AdderNet's.
 
     ``s_w = -sum (x - w)**2 / 2`` per output (true dL/dw = sum g (x - w));
@@ -125,7 +128,8 @@ def adder_surrogates(x, weight, stride=1, padding=0, dilation=1, groups=1):
     return s_w, s_x
 
 
-def shift_weight_q_reference(weight, weight_bits=5, rounding="deterministic", u=None, max_shift=0):
+def shift_weight_q_reference(weight: torch.Tensor, weight_bits: int = 5, rounding: str = "deterministic", u: torch.Tensor | None = None,
+                             max_shift: int = 0) -> torch.Tensor:
     """DeepShift-Q: clampabs, then sign * 2**round(log2|w|) (or stochastic with uniforms ``u``)."""
     lo, hi = max_shift - (2 ** (weight_bits - 1) - 1), max_shift
     w = weight.detach().double()
@@ -134,12 +138,14 @@ def shift_weight_q_reference(weight, weight_bits=5, rounding="deterministic", u=
     if rounding == "deterministic":
         p = torch.round(lg)
     else:
+        assert u is not None, "stochastic rounding needs the uniforms u"
         p = torch.floor(lg) + (u.double() < lg - torch.floor(lg)).double()
     p = p.clamp(lo, hi)
     return (torch.sign(w) * 2.0**p).to(weight.dtype)
 
 
-def shift_weight_ps_reference(shift, sign, weight_bits=5, rounding="deterministic", u=None, max_shift=0):
+def shift_weight_ps_reference(shift: torch.Tensor, sign: torch.Tensor, weight_bits: int = 5, rounding: str = "deterministic",
+                              u: torch.Tensor | None = None, max_shift: int = 0) -> torch.Tensor:
     """DeepShift-PS: sign(round(S)) * 2**round(clamp(P)); stochastic: P and S both rounded
     floor + Bernoulli(frac) with uniforms ``u[0]`` and ``u[1]`` (DeepShift's ``ste.round(x, rounding)``).
     A NaN sign parameter gives NaN (DeepShift would give 0)."""
@@ -149,13 +155,14 @@ def shift_weight_ps_reference(shift, sign, weight_bits=5, rounding="deterministi
     if rounding == "deterministic":
         p, s = torch.round(p), torch.round(s)
     else:
+        assert u is not None, "stochastic rounding needs the uniforms u"
         p = torch.floor(p) + (u[0].double() < p - torch.floor(p)).double()
         s = torch.floor(s) + (u[1].double() < s - torch.floor(s)).double()
     s = torch.where(torch.isnan(s), s, torch.sign(s))
     return (s * 2.0 ** p.clamp(lo, hi)).to(shift.dtype)
 
 
-def fixed_point_reference(x, integer_bits, fraction_bits):
+def fixed_point_reference(x: torch.Tensor, integer_bits: int, fraction_bits: int) -> torch.Tensor:
     """Two's complement fixed point, truncating: I integer bits (sign included), F fraction bits."""
     step = 2.0**-fraction_bits
     low, high = -(2.0 ** (integer_bits - 1)), 2.0 ** (integer_bits - 1) - step

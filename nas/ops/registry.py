@@ -42,7 +42,7 @@ import dataclasses
 import importlib
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from nas.errors import ConfigError, check_keys
@@ -204,7 +204,7 @@ class AddOptions(OpOptions):
 # kinds
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(ref: str) -> Any:
     """The object an import path ``"package.module:attribute"`` names (imported on first use)."""
     module, _, attr = ref.partition(":")

@@ -58,13 +58,14 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.errors import ConfigError
-from nas.ops._common import check_choice, check_int, conv_config, conv_repr, conv_terms, numel
+from nas.ops._common import ConvGeometry, check_choice, check_int, conv_config, conv_repr, conv_terms, numel
 from nas.ops.precision import full_precision, to_float32
 from nas.ops.registry import (
     ROUNDINGS,
@@ -212,7 +213,7 @@ def _fixed_point_grid(x: torch.Tensor, integer_bits: int, fraction_bits: int) ->
     return torch.floor(x * 2.0**fraction_bits).clamp_(-top, _largest_code(top - 1, x.dtype))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _largest_code(code: int, dtype: torch.dtype) -> float:
     """The largest value of ``dtype`` that is <= ``code`` (``code`` itself when representable).
 
@@ -257,14 +258,14 @@ def shift_weight_ps(
     return _PowerOfTwoPS.apply(shift, sign, lo, hi, u)
 
 
-def shift_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
-                 groups: int = 1, **options) -> torch.Tensor:
+def shift_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int | tuple[int, int] = 1,
+                 padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, groups: int = 1, **options: Any) -> torch.Tensor:
     """``F.conv2d`` with ``weight`` rounded to powers of two (``shift_weight_q(weight, **options)``):
     the functional shift convolution of hybrid layers (``OpKind.apply_conv``)."""
     return F.conv2d(x, shift_weight_q(weight, **options), bias, stride, padding, dilation, groups)
 
 
-def shift_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **options) -> torch.Tensor:
+def shift_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
     """``F.linear`` with ``weight`` rounded to powers of two (the functional shift linear layer)."""
     return F.linear(x, shift_weight_q(weight, **options), bias)
 
@@ -276,7 +277,7 @@ def fixed_point(x: torch.Tensor, integer_bits: int, fraction_bits: int) -> torch
 
 
 @torch.no_grad()
-def shift_and_sign_q(weight: torch.Tensor, weight_bits: int = 5, max_shift: int = 0):
+def shift_and_sign_q(weight: torch.Tensor, weight_bits: int = 5, max_shift: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic DeepShift-Q encoding of ``weight``: (shift int64, sign int64 in {-1, 0, 1})."""
     lo, hi = shift_range(weight_bits, "Q", max_shift)
     _check_finite_weights(weight)
@@ -284,7 +285,7 @@ def shift_and_sign_q(weight: torch.Tensor, weight_bits: int = 5, max_shift: int 
 
 
 @torch.no_grad()
-def shift_and_sign_ps(shift: torch.Tensor, sign: torch.Tensor, weight_bits: int = 5, max_shift: int = 0):
+def shift_and_sign_ps(shift: torch.Tensor, sign: torch.Tensor, weight_bits: int = 5, max_shift: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic DeepShift-PS encoding: (shift int64, sign int64 in {-1, 0, 1})."""
     lo, hi = shift_range(weight_bits, "PS", max_shift)
     _check_finite_weights(shift, sign)
@@ -304,6 +305,9 @@ def _check_finite_weights(*tensors: torch.Tensor) -> None:
 
 class _ShiftMixin:
     """Options, parameters and quantisation shared by ShiftConv2d and ShiftLinear."""
+
+    _weight_shape: tuple[int, ...]  # set by the module's __init__
+    training: bool  # nn.Module's
 
     def _init_shift(
         self, shape, bias, factory, *, shift_type, weight_bits, rounding, act_integer_bits, act_fraction_bits,
@@ -346,7 +350,7 @@ class _ShiftMixin:
             return shift_weight_q(self.weight, self.weight_bits, rounding, self.generator, self.max_shift)
         return shift_weight_ps(self.shift, self.sign, self.weight_bits, rounding, self.generator, self.max_shift)
 
-    def shift_and_sign(self):
+    def shift_and_sign(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Deterministic (shift, sign) int64 tensors, what a shift accelerator stores."""
         if self.shift_type == "Q":
             return shift_and_sign_q(self.weight, self.weight_bits, self.max_shift)
@@ -368,22 +372,22 @@ class _ShiftMixin:
         return s
 
 
-class ShiftConv2d(_ShiftMixin, nn.Module):
+class ShiftConv2d(_ShiftMixin, ConvGeometry, nn.Module):
     """Shift convolution with the ``nn.Conv2d`` signature plus DeepShift options (module docstring)."""
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         shift_type: str = _DEFAULT.shift_type,
         weight_bits: int = _DEFAULT.weight_bits,
@@ -407,7 +411,7 @@ class ShiftConv2d(_ShiftMixin, nn.Module):
             x, bias = self._quantise_io(to_float32(x))
             return F.conv2d(x, self.effective_weight(), bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def count_ops(self, out_shape) -> dict[str, int]:
+    def count_ops(self, out_shape: tuple[int, ...] | torch.Size) -> dict[str, int]:
         k = conv_terms(self.in_channels, self.groups, self.kernel_size)
         return get_kind("shift").counting.counts(k, numel(out_shape), self.bias is not None)
 
@@ -423,8 +427,8 @@ class ShiftLinear(_ShiftMixin, nn.Module):
         in_features: int,
         out_features: int,
         bias: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         shift_type: str = _DEFAULT.shift_type,
         weight_bits: int = _DEFAULT.weight_bits,
@@ -450,7 +454,7 @@ class ShiftLinear(_ShiftMixin, nn.Module):
             x, bias = self._quantise_io(to_float32(x))
             return F.linear(x, self.effective_weight(), bias)
 
-    def count_ops(self, out_shape) -> dict[str, int]:
+    def count_ops(self, out_shape: tuple[int, ...] | torch.Size) -> dict[str, int]:
         return get_kind("shift").counting.counts(self.in_features, numel(out_shape), self.bias is not None)
 
     def extra_repr(self) -> str:

@@ -13,6 +13,9 @@ shapes it lacks are computed and added), in the budget's unit (mJ or ms).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 
 from nas.arch import Arch
@@ -20,9 +23,21 @@ from nas.cost.budget import Budget
 from nas.train.bn import reset_bn
 from nas.train.loop import autocast
 
+if TYPE_CHECKING:  # pragma: no cover
+    from nas.cost.hardware import Hardware
+    from nas.cost.pricing import Price
+    from nas.cost.tables import LookupTable
+    from nas.supernet.net import DynamicNet
+
+Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]  # (images, labels) batches on the network's device
+
 
 class Evaluator:
-    def __init__(self, net, calib_batches, val_batches, precision: str = "fp32"):
+    """Accuracy of a configuration of a trained DynamicNet: BN re-estimated on ``calib_batches``,
+    then scored on ``val_batches``; cached by architecture id and block indices (module docstring).
+    """
+
+    def __init__(self, net: DynamicNet, calib_batches: Batches, val_batches: Batches, precision: str = "fp32"):
         self.net = net
         self.calib = calib_batches
         self.val = val_batches
@@ -34,12 +49,12 @@ class Evaluator:
         self.task = task_of(net.max_arch.task)
 
     @staticmethod
-    def key(arch: Arch, blocks=None) -> str:
+    def key(arch: Arch, blocks: list[list[int]] | None = None) -> str:
         b = "" if blocks is None else "|" + ";".join(",".join(map(str, s)) for s in blocks)
         return f"{arch.arch_id}{b}"
 
     @torch.no_grad()
-    def accuracy(self, arch: Arch, blocks=None) -> float:
+    def accuracy(self, arch: Arch, blocks: list[list[int]] | None = None) -> float:
         k = self.key(arch, blocks)
         if k in self.cache:
             return self.cache[k]
@@ -64,10 +79,13 @@ class Evaluator:
 
 
 class Pricer:
-    def __init__(self, budget: Budget, op: str, table=None, hardware=None, bits: int = 32):
+    """Cost of a network for a budget: its MF version (``op``) priced from ``table`` or, without one, by the energy model."""
+
+    def __init__(self, budget: Budget, op: str, table: LookupTable | None = None, hardware: Hardware | str | None = None,
+                 bits: int = 32):
         self.budget, self.op, self.table, self.hardware, self.bits = budget, op, table, hardware, bits
 
-    def price(self, arch: Arch):
+    def price(self, arch: Arch) -> Price:
         """Energy / latency of ``arch`` with the search's MF convention applied."""
         mf = arch.with_ops(self.op)
         if self.table is not None:

@@ -21,7 +21,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from nas.errors import InfeasibleBudgetError
 from nas.io import atomic_write_json, atomic_write_text
@@ -32,6 +32,8 @@ VERSION = 1
 
 @dataclass
 class Candidate:
+    """A SubNet proposal of stage one: genome, augmentation multiple, its MF cost, its cheapest TargetNet's cost and its accuracy."""
+
     genome: dict[str, Any]
     multiple: float
     cost: float
@@ -43,7 +45,11 @@ class Candidate:
 
 
 class EvolutionSearch:
-    def __init__(self, space: SearchSpace, fitness: Callable, cost: Callable, budget: float, multiples=None,
+    """Stage one: bounded evolution for the depth-augmented SubNet (module docstring). ``run`` checkpoints
+    every generation and returns the best feasible ``Candidate``.
+    """
+
+    def __init__(self, space: SearchSpace, fitness: Callable, cost: Callable, budget: float, multiples: Sequence[float] | None = None,
                  population: int = 16, generations: int = 5, parent_ratio: float = 0.25, mutation_ratio: float = 0.5,
                  mutate_prob: float = 0.1, seed: int = 0, max_tries: int = 200, unit: str = "mJ",
                  batch_fitness: Callable[[list], list[float]] | None = None):
@@ -127,13 +133,13 @@ class EvolutionSearch:
         children: list[Candidate] = []
         for _ in range(self.n_mutants):
             p = self.rng.choice(parents)
-            c = self._feasible(lambda: (self.space.mutate_genome(p.genome, self.rng, self.mutate_prob),
-                                        self.rng.choice(self.multiples) if self.rng.random() < self.mutate_prob else p.multiple))
+            c = self._feasible(lambda: (self.space.mutate_genome(p.genome, self.rng, self.mutate_prob),  # noqa: B023 (called before the loop moves on)
+                                        self.rng.choice(self.multiples) if self.rng.random() < self.mutate_prob else p.multiple))  # noqa: B023 (called before the loop moves on)
             if c is not None:
                 children.append(c)
         while len(parents) + len(children) < self.population_size:
             a, b = self.rng.choice(parents), self.rng.choice(parents)
-            c = self._feasible(lambda: (self.space.crossover_genome(a.genome, b.genome, self.rng), self.rng.choice((a.multiple, b.multiple))))
+            c = self._feasible(lambda: (self.space.crossover_genome(a.genome, b.genome, self.rng), self.rng.choice((a.multiple, b.multiple))))  # noqa: B023 (called before the loop moves on)
             if c is None:
                 break
             children.append(c)

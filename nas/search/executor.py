@@ -128,7 +128,7 @@ class Executor(ABC):
     def train_target(self, job: TargetJob) -> dict:
         """Train (or resume) the TargetNet; the trainer's summary (``Trainer.fit``)."""
 
-    def release(self) -> None:
+    def release(self) -> None:  # noqa: B027 (a hook with a default: most executors hold nothing)
         """Free workers held between steps (nothing to do here)."""
 
 

@@ -44,7 +44,7 @@ from nas.ops.registry import mf_kinds
 from nas.rundir import check_config_hash, config_hash, heal_search_dir, is_writer, read_json, read_run_config
 from nas.search.executor import DataSpec, Executor, LocalExecutor, StageTwoJob, SupernetJob, TargetJob
 from nas.search.report import binds_in_text, objective_label, pareto_front, preview_text, search_report  # noqa: F401 (preview_text: public here too)
-from nas.space import SearchSpace, TargetSpace
+from nas.space import SearchSpace
 from nas.train.loop import DEVICE_HELP
 from nas.train.trainer import MethodConfig
 
@@ -432,7 +432,6 @@ class SearchRun:
     def summarize(self, budget_info: dict, s1: dict, s2: dict, tr: dict, seconds: float) -> dict:
         cost = json.loads((self.out / "target" / "cost.json").read_text())
         target = Arch.load(self.out / "target" / "arch.json")
-        unit = self.budget.unit
         value = cost["energy_mJ"] if self.budget.metric == "energy" else cost["latency_ms"]
         from nas.train.tasks import task_of
 

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from nas.arch import Arch
 from nas.space import SearchSpace, TargetSpace
 
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
 
 @dataclass
 class TargetResult:
+    """The TargetNet stage two chose: its Arch, block indices in the SubNet, supernet accuracy, cost and Optuna trial number."""
     arch: Arch
     blocks: list[list[int]]
     accuracy: float
@@ -32,13 +36,14 @@ class TargetResult:
     trial: int | None
 
 
-def open_study(storage_path: Path, study_name: str, seed: int, sampler: str = "tpe"):
+def open_study(storage_path: Path, study_name: str, seed: int, sampler: str = "tpe") -> optuna.Study:
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(storage_path)))
+    smp: optuna.samplers.BaseSampler
     if sampler == "nsga2":
         smp = optuna.samplers.NSGAIISampler(seed=seed)
     else:
@@ -46,7 +51,7 @@ def open_study(storage_path: Path, study_name: str, seed: int, sampler: str = "t
     return optuna.create_study(study_name=study_name, storage=storage, sampler=smp, direction="maximize", load_if_exists=True)
 
 
-def requeue_interrupted(study) -> int:
+def requeue_interrupted(study: optuna.Study) -> int:
     """Fail trials a killed process left RUNNING and queue their parameters again."""
     from optuna.trial import TrialState
 
@@ -58,7 +63,7 @@ def requeue_interrupted(study) -> int:
     return n
 
 
-def define_target(trial, ts: TargetSpace) -> dict[str, Any]:
+def define_target(trial: optuna.Trial, ts: TargetSpace) -> dict[str, Any]:
     """The define-by-run space: one categorical per TargetSpace gene (no computation here)."""
     return {k: trial.suggest_categorical(k, list(v)) for k, v in ts.genes().items()}
 
@@ -104,18 +109,18 @@ def run_stage_two(space: SearchSpace, subnet: Arch, accuracy: Callable, cost: Ca
     return best_target(study, ts, accuracy, cost, budget), study
 
 
-def constraint(t) -> float | None:
+def constraint(t: optuna.trial.FrozenTrial) -> float | None:
     """The stored ``cost - budget`` of a trial (``trial.set_constraint``), if it got that far."""
     return t.constraints.get("budget")
 
 
-def feasible_trials(study) -> list:
+def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if (constraint(t) is not None and constraint(t) <= 0)]
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if (c := constraint(t)) is not None and c <= 0]
 
 
-def best_target(study, ts: TargetSpace, accuracy: Callable, cost: Callable, budget: float) -> TargetResult:
+def best_target(study: optuna.Study, ts: TargetSpace, accuracy: Callable, cost: Callable, budget: float) -> TargetResult:
     feas = feasible_trials(study)
     if feas:
         t = max(feas, key=lambda t: (t.value, -t.user_attrs["cost"]))
@@ -126,7 +131,7 @@ def best_target(study, ts: TargetSpace, accuracy: Callable, cost: Callable, budg
     return TargetResult(target, blocks, float(accuracy(target, blocks)), float(cost(target)), None)
 
 
-def trials_rows(study) -> list[dict]:
+def trials_rows(study: optuna.Study) -> list[dict]:
     rows = []
     for t in study.trials:
         rows.append({
@@ -135,7 +140,7 @@ def trials_rows(study) -> list[dict]:
             "accuracy": t.value,
             "cost": t.user_attrs.get("cost"),
             "constraint": constraint(t),
-            "feasible": None if constraint(t) is None else constraint(t) <= 0,
+            "feasible": None if (c := constraint(t)) is None else c <= 0,
             "arch_id": t.user_attrs.get("arch_id"),
             "warm_start": t.user_attrs.get("warm_start", ""),
             **{f"param_{k}": v for k, v in t.params.items()},

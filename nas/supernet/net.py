@@ -22,6 +22,7 @@ Module names follow the static network (``stem``, ``stages.i.j.{expand,dw,se,pro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -62,13 +63,16 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
 
 
 class DynConvBNAct(nn.Module):
-    def __init__(self, max_in, max_out, max_kernel=1, stride=1, depthwise=False, act="relu6", bn=True, **hybrid):
+    """Elastic conv (a ``HybridConv2d``) -> elastic BN -> activation; BN off for convs with a bias."""
+
+    def __init__(self, max_in: int, max_out: int, max_kernel: int = 1, stride: int = 1, depthwise: bool = False,
+                 act: str = "relu6", bn: bool = True, **hybrid: Any):
         super().__init__()
         self.conv = HybridConv2d(max_in, max_out, max_kernel, stride, depthwise, bias=not bn, **hybrid)
         self.bn = DynamicBatchNorm2d(max_out) if bn else None
         self.act = build_act(act)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
@@ -76,19 +80,23 @@ class DynConvBNAct(nn.Module):
 
 
 class DynSE(nn.Module):
-    def __init__(self, max_mid: int, max_se: int, **hybrid):
+    """Elastic squeeze-and-excitation: pooled mid channels -> reduce conv -> ReLU -> expand conv -> gate."""
+
+    def __init__(self, max_mid: int, max_se: int, **hybrid: Any):
         super().__init__()
         self.reduce = HybridConv2d(max_mid, max_se, 1, bias=True, **hybrid)
         self.expand = HybridConv2d(max_se, max_mid, 1, bias=True, **hybrid)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = F.adaptive_avg_pool2d(x, 1)
         g = self.expand(F.relu(self.reduce(g)))
         return x * F.hardsigmoid(g)
 
 
 class DynMBConv(nn.Module):
-    def __init__(self, max_in: int, b: BlockSpec, **hybrid):
+    """Elastic inverted-residual block: [expand 1x1] -> depthwise -> [SE] -> project 1x1 (+ shortcut), configured per step."""
+
+    def __init__(self, max_in: int, b: BlockSpec, **hybrid: Any):
         super().__init__()
         mid = b.mid_channels
         self.expand = None if b.expand_ratio == 1 else DynConvBNAct(max_in, mid, 1, act=b.act, **hybrid)
@@ -99,7 +107,7 @@ class DynMBConv(nn.Module):
         self.use_se = self.se is not None
         self.shortcut = b.shortcut
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.expand(x) if self.use_expand else x
         y = self.dw(y)
         if self.use_se:
@@ -141,6 +149,10 @@ class _LayerTarget:
 
 
 class DynamicNet(nn.Module):
+    """The elastic, hybrid network over a max Arch: supernet, SubNet and augmented network in one
+    (module docstring). ``set_active_subnet`` configures it, ``get_active_subnet`` exports it.
+    """
+
     def __init__(self, max_arch: Arch, remap: str = "cdf-fc", op_options: dict | None = None, branch_norm: bool = False,
                  remap_affine: bool = False):
         super().__init__()
@@ -232,7 +244,7 @@ class DynamicNet(nn.Module):
             tb = tuple(tuple(b) for b in (target_blocks or [range(len(s.blocks)) for s in target.stages]))
             self._check_fits(target, tb)
             for i, (st, idx) in enumerate(zip(target.stages, tb)):
-                for b, j in zip(st.blocks, idx):
+                for _b, j in zip(st.blocks, idx):
                     if j not in blocks_t[i]:
                         raise ValueError(f"target block {i}.{j} is not active in the augmented net")
             for (i, j, b), cin in zip(_indexed(target, tb), block_in_channels(target)):
@@ -271,15 +283,14 @@ class DynamicNet(nn.Module):
             blk.project.conv.configure(b.out_channels, None, *(_t(tb_.op, tb_.out_channels, tb_.mid_channels) if tb_ else ()))
         ref = target if target is not None else a
         c_ref = ref.stages[-1].blocks[-1].out_channels
-        c = a.stages[-1].blocks[-1].out_channels
         if self.feature_mix is not None:
             fm, rfm = a.feature_mix, ref.feature_mix
             self.feature_mix.conv.configure(fm.out_channels, None, rfm.op, rfm.out_channels, c_ref)
-            c, c_ref = fm.out_channels, rfm.out_channels
+            c_ref = rfm.out_channels
         if self.post_pool is not None:
             pp, rpp = a.post_pool, ref.post_pool
             self.post_pool.conv.configure(pp.out_channels, None, rpp.op, rpp.out_channels, c_ref)
-            c, c_ref = pp.out_channels, rpp.out_channels
+            c_ref = rpp.out_channels
         if a.is_segmentation:
             self.head.configure(a, ref, c_ref)
         else:

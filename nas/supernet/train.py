@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,10 @@ from nas.supernet.net import DynamicNet
 from nas.train.distributed import Distributed
 from nas.train.loop import TrainLoop
 
+if TYPE_CHECKING:  # pragma: no cover
+    from nas.arch import Arch
+    from nas.data.loader import Loaders
+
 SUPERNET_VERSION = 2
 
 
@@ -41,10 +46,12 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 class SupernetTrainer(TrainLoop):
+    """Sandwich-rule training of the hybrid supernet of a space on the shared ``TrainLoop`` (module docstring)."""
+
     checkpoint_version = SUPERNET_VERSION
     desc = "supernet"
 
-    def __init__(self, space: SearchSpace, op: str, loaders, out: str | Path, epochs: int = 4, lr: float = 0.05,
+    def __init__(self, space: SearchSpace, op: str, loaders: Loaders, out: str | Path, epochs: int = 4, lr: float = 0.05,
                  seed: int = 0, remap: str = "cdf-fc", op_options: dict | None = None, weight_decay: float = 4e-5,
                  label_smoothing: float = 0.1, progress: bool = True, device: str | torch.device | None = "cpu",
                  precision: str = "fp32", dist: Distributed | None = None, branch_norm: bool = True,
@@ -76,7 +83,7 @@ class SupernetTrainer(TrainLoop):
         return self.py_rngs["sampler"]
 
     # ------------------------------------------------------------------------------ steps
-    def sample_pair(self):
+    def sample_pair(self) -> tuple[Arch, Arch, list[list[int]]]:
         """A random SubNet and a random TargetNet (with the search's MF operator) cut from it."""
         sub = self.space.sample(self.rng, "subnet")
         ts = TargetSpace(self.space, sub)

@@ -34,7 +34,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
@@ -44,6 +44,9 @@ from nas.finite import check_losses, check_weights
 from nas.io import load_checkpoint as load_checkpoint_copies
 from nas.io import save_checkpoint as save_checkpoint_rotating
 from nas.train.distributed import Distributed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nas.data.loader import Loaders
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
@@ -80,7 +83,7 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The forward context of ``precision``: autocast to bf16 / fp16, or nothing for fp32."""
     dtype = PRECISIONS[check_precision(precision)]
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
@@ -148,7 +151,7 @@ class TrainLoop:
     checkpoint_version = 1
     desc = "epoch"  # progress bar label
 
-    def __init__(self, loaders, *, epochs: int, lr: float, warmup_steps: int, seed: int, weight_decay: float = 4e-5,
+    def __init__(self, loaders: Loaders, *, epochs: int, lr: float, warmup_steps: int, seed: int, weight_decay: float = 4e-5,
                  momentum: float = 0.9, remap_lr_scale: float = 0.01, device: str | torch.device | None = "cpu",
                  precision: str = "fp32", dist: Distributed | None = None, progress: bool = True):
         self.loaders = loaders
@@ -199,10 +202,11 @@ class TrainLoop:
         return self.net
 
     # ------------------------------------------------------------------------------ one step
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)
 
-    def forward_backward(self, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor], last: bool = True):
+    def forward_backward(self, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+                         last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass of a step: forward under the run's precision, ``loss_fn(output)``, backward.
 
         Gradients of the passes of a step accumulate; with DDP they are averaged across ranks

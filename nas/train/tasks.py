@@ -60,6 +60,8 @@ class ConfusionMatrix:
 
 
 class Classification:
+    """Image classification: cross-entropy on pooled logits, top-1 accuracy (module docstring)."""
+
     name = "classification"
     metric = "acc"  # the key after ``val_`` / ``test_`` in metrics.csv and summary.json
     metric_label = "accuracy"
@@ -73,11 +75,13 @@ class Classification:
     def batch_acc(self, logits: torch.Tensor, y: torch.Tensor) -> float:
         return (logits.argmax(1) == y).float().mean().item()
 
-    def meter(self, num_classes: int) -> "_AccuracyMeter":
+    def meter(self, num_classes: int) -> "_AccuracyMeter | _SegmentationMeter":
         return _AccuracyMeter()
 
 
 class Segmentation(Classification):
+    """Semantic segmentation: per-pixel cross-entropy ignoring ``IGNORE_INDEX``, mIoU (module docstring)."""
+
     name = "segmentation"
     metric = "miou"
     metric_label = "mIoU"

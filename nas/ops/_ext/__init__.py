@@ -47,7 +47,7 @@ def disabled() -> bool:
     return os.environ.get(ENV_DISABLE, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def load():
+def load() -> ctypes.CDLL | None:
     """The kernel library (a ``ctypes.CDLL``), built on first call; ``None`` when unavailable."""
     if disabled():
         return None
@@ -131,8 +131,9 @@ def _cpu_signature() -> str:
 
 def _compiler() -> str:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     raise FileNotFoundError("no C++ compiler found (set CXX or install g++)")
 
 
