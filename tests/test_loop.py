@@ -266,3 +266,34 @@ def test_network_and_augmentation_create_no_tensor_on_a_fixed_device():
         tf = BatchTransform(mean=(0.5,) * 3, std=(0.25,) * 3, augment=augment)
         images = torch.empty(4, 3, 32, 32, dtype=torch.uint8, device="meta")
         assert tf(images, torch.Generator().manual_seed(0), (8, torch.arange(0, 8, 2))).device.type == "meta"
+
+
+# ---------------------------------------------------------------------------------- logs
+def test_a_failed_log_write_after_its_checkpoint_heals_on_resume(tmp_path, monkeypatch):
+    """Full disk between the checkpoint and metrics.csv of epoch 1: the resumed run rewrites the
+    log from the checkpoint's history, so no epoch is missing (it used to keep epoch 2 only)."""
+    import csv
+
+    import nas.train.trainer as trainer_mod
+
+    def rows(path):
+        with path.open() as f:
+            return [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(f)]
+
+    Trainer(small_cfg(epochs=2), tmp_path / "ref", progress=False).fit()
+    real = trainer_mod._write_rows
+
+    def full_disk(path, rows_):
+        raise OSError(28, "No space left on device")
+
+    t = Trainer(small_cfg(epochs=2), tmp_path / "run", progress=False)
+    monkeypatch.setattr(trainer_mod, "_write_rows", full_disk)
+    with pytest.raises(OSError):
+        t.fit()
+    monkeypatch.setattr(trainer_mod, "_write_rows", real)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and not (tmp_path / "run" / "metrics.csv").exists()
+    r = resume_trainer(tmp_path / "run", progress=False)
+    assert r.epoch == 1 and [h["epoch"] for h in r.history] == [1]
+    r.fit()
+    assert [row["epoch"] for row in rows(tmp_path / "run" / "metrics.csv")] == ["1", "2"]
+    assert rows(tmp_path / "run" / "metrics.csv") == rows(tmp_path / "ref" / "metrics.csv")

@@ -76,7 +76,6 @@ class SupernetTrainer(TrainLoop):
         t, tb = TargetSpace(space, smallest).decode(TargetSpace(space, smallest).extreme_genome(False), "smallest")
         self.smallest = (t.with_ops(op), tb)
         self.log_path: Path | None = None
-        self.rows: list[dict] = []
 
     @property
     def rng(self) -> random.Random:
@@ -132,16 +131,15 @@ class SupernetTrainer(TrainLoop):
         return {"epoch": self.epoch, "time_s": round(seconds, 1), **{k: round(v, 4) for k, v in means.items()}}
 
     def write_logs(self, row: dict) -> None:
-        self.rows.append(row)
         if self.log_path is not None and self.dist.is_writer:
-            atomic_write_json(self.log_path, {"epochs": self.rows})
+            atomic_write_json(self.log_path, {"epochs": self.history})
 
     def fit(self, checkpoint: Path, log: Path | None = None) -> None:
         """Train to the last epoch, continuing from ``checkpoint`` when it exists; one checkpoint
         and one row of ``log`` per epoch."""
         self.checkpoint_path, self.log_path = Path(checkpoint), log
         self.load_checkpoint()
-        self.rows = []
-        if log is not None and log.is_file() and self.dist.is_writer:
-            self.rows = [r for r in json.loads(log.read_text())["epochs"] if r["epoch"] <= self.epoch]
+        if self.epoch and not self.history and log is not None and log.is_file() and self.dist.is_writer:
+            # a checkpoint from before the loop kept its history
+            self.history = [r for r in json.loads(log.read_text())["epochs"] if r["epoch"] <= self.epoch]
         self.train_epochs()

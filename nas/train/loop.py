@@ -169,6 +169,9 @@ class TrainLoop:
         self.epoch = 0
         self.global_step = 0
         self.lr_now = 0.0
+        # one row per finished epoch, kept in the checkpoint: the logs are rewritten from it, so a log
+        # write that failed (full disk) after its checkpoint was saved heals on resume
+        self.history: list[dict] = []
         self.py_rngs: dict[str, random.Random] = {}
         self.epoch_callbacks: list[Callable[[dict], None]] = []
         # what the step sampled (subnet ids): compared across ranks after every epoch
@@ -254,8 +257,9 @@ class TrainLoop:
         return {"epoch": self.epoch, "time_s": round(seconds, 2), **means}
 
     def write_logs(self, row: dict) -> None:
-        """Append the epoch's row to the run's logs (rank 0 writes); called right after the checkpoint,
-        so that a run killed in between redoes the epoch without a duplicate row."""
+        """Write the run's logs from ``self.history`` (whose last row is ``row``; rank 0 writes); called
+        right after the checkpoint, so that a run killed in between redoes the epoch without a
+        duplicate row, and a log whose write failed is whole again after the next epoch."""
 
     def train_epochs(self, until_epoch: int | None = None) -> None:
         """Train from the current epoch to ``until_epoch`` (default: the last), a checkpoint after each."""
@@ -282,6 +286,7 @@ class TrainLoop:
                 self.sample_digests.append(self.dist.check_in_sync(self.net, self.samples))
             self.samples = []
             row = self.end_epoch({k: v / max(1, n) for k, v in sums.items()}, time.time() - t0)
+            self.history.append(row)
             self.save_checkpoint()
             self.write_logs(row)  # after the checkpoint: an epoch in a log is a finished epoch
             for fn in self.epoch_callbacks:
@@ -305,6 +310,7 @@ class TrainLoop:
             "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": {"global_step": self.global_step, "total_steps": self.total_steps, "epoch": self.epoch},
+            "history": self.history,
             "rng": {
                 "torch": self.generator.get_state(),
                 "torch_device": self.device.type,
@@ -322,6 +328,7 @@ class TrainLoop:
         self.optimizer.load_state_dict(sd["optimizer"])  # moves the momentum buffers to the parameters' device
         self.global_step = sd["schedule"]["global_step"]
         self.epoch = sd["schedule"]["epoch"]
+        self.history = list(sd.get("history", []))  # checkpoints written before it: the subclass reads its log
         rng = sd["rng"]
         if rng.get("torch_device", "cpu") == self.device.type:
             self.generator.set_state(rng["torch"])

@@ -504,7 +504,7 @@ class Trainer(TrainLoop):
 
     def write_logs(self, row: dict) -> None:
         if self.dist.is_writer:
-            _append_metrics(self.out / "metrics.csv", row)
+            _write_rows(self.out / "metrics.csv", self.history)
 
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
         """Train to the end (evaluate, export, summarise), or only up to ``until_epoch``."""
@@ -518,6 +518,9 @@ class Trainer(TrainLoop):
             atomic_write_json(self.out / "config.json", {"schema_version": 1, "train": self.cfg.to_dict(),
                                                           "runtime": self.runtime()})
             _truncate_metrics(metrics_path, self.epoch)
+            if self.epoch and not self.history and metrics_path.is_file():  # a checkpoint from before "history"
+                with metrics_path.open() as f:
+                    self.history = list(csv.DictReader(f))
         t_run = time.time()
         self.train_epochs(until_epoch)
         metric = self.task.metric
@@ -611,14 +614,6 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    rows = []
-    if path.is_file():
-        with path.open() as f:
-            rows = list(csv.DictReader(f))
-    _write_rows(path, rows + [row])
 
 
 def _plot_curves(metrics: Path, png: Path, column: str = "val_acc", label: str = "accuracy") -> None:
