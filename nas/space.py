@@ -510,7 +510,7 @@ def _space_from_dict(d: Any, where: str) -> SearchSpace:
 
 
 class TargetSpace:
-    """The TargetNets that can be cut out of a SubNet (NAS stage two, docs/method.md, section 6).
+    """The TargetNets that can be cut out of a SubNet (NAS stage two, docs/method-notes.md, section 6).
 
     A TargetNet keeps each stage's first block of the SubNet and any subset of its other blocks
     (the genes ``s{i}_b{j}_keep``), and may narrow every width and expand ratio to a choice of the

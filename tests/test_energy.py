@@ -13,7 +13,7 @@ from nas.cost.layers import Layer, arch_layers
 from nas.errors import ConfigError
 from nas.models.zoo import list_zoo, zoo_arch
 
-# The paper's CIFAR-100 energy plot (docs/method.md, section 7.1) at 160x160, 100 classes, FP32, batch 1.
+# The paper's CIFAR-100 energy plot (docs/method-notes.md, section 7.1) at 160x160, 100 classes, FP32, batch 1.
 PAPER = [
     ("mbv2-w0.35", "mult", 2.345),  # the calibration point
     ("mbv3-w0.35", "mult", 1.726),

@@ -132,7 +132,7 @@ def test_a_scoped_registration_is_undone():
 @pytest.mark.parametrize("name, per_output", [("mult", lambda k: (k, k - 1, 0)), ("shift", lambda k: (0, k - 1, k)),
                                               ("add", lambda k: (0, 2 * k - 1, 0))])
 def test_shipped_kinds_count_as_documented(name, per_output):
-    """(mults, adds, shifts) per output of K terms, as docs/method.md (section 7.3) states them,
+    """(mults, adds, shifts) per output of K terms, as docs/method-notes.md (section 7.3) states them,
     independently of the rules the modules read; a bias adds one addition per output."""
     for k, n, bias in [(1, 7, False), (27, 4, True), (576, 1, False)]:
         mults, adds, shifts = per_output(k)

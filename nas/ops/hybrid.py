@@ -7,7 +7,7 @@ multiplicative (Gaussian) domain. Its active configuration (set by the network t
   style); the input channels are read from the input tensor, so widths propagate;
 * an MF prefix ``mf_out`` x ``mf_in`` computed by ``mf_op`` (a multiplication-free kind of the
   operator registry, ``nas.ops.registry``: "shift" or "add") with its functional form on the remapped
-  slice ``R(W[:mf_out, :mf_in])`` (docs/method.md, section 3):
+  slice ``R(W[:mf_out, :mf_in])`` (docs/method-notes.md, section 3):
 
       Y_t = MF(X_t; R(W_tt)) + MConv(X_a; W_ta)        # target output channels
       Y_a = MConv(X; W[mf_out:])                       # augmented output channels
@@ -19,7 +19,7 @@ In the target pass the prefix covers the whole layer, so the layer *is* the depl
 ``export()`` returns that static layer with the remap folded in. ``branch_norm`` rescales the
 multiplicative partial sum ``MConv(X_a; W_ta)`` of the target channels to the per-channel batch
 standard deviation of the MF partial sum (statistics detached), because AddConv partial sums are
-orders of magnitude larger than multiplicative ones (the paper is silent; docs/method.md, section 3).
+orders of magnitude larger than multiplicative ones (the paper is silent; docs/method-notes.md, section 3).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Weights of trained multiplicative convs are roughly Gaussian, those of MF convs roughly Laplacian
 ("weight tearing", ShiftAddNAS). One stored tensor serves both kinds of operator, so the MF
 operator consumes ``R(W)`` where ``R`` maps the Gaussian to the Laplacian with equal cumulative
-probability (docs/method.md, section 4.1):
+probability (docs/method-notes.md, section 4.1):
 
     w_L = F_L^-1(Phi(w)) = mu - b * sgn(w - mu) * ln erfc(|w - mu| / (sigma sqrt 2)),   b = sigma / sqrt 2
 
@@ -17,7 +17,7 @@ Kinds (``Remap(kind=...)``):
 * ``none``: ``R(W) = W`` (plain weight sharing).
 * ``cdf``: the CDF remap above, no learnable part.
 * ``cdf-fc``: the CDF remap followed by a learnable linear map on each kernel's ``k*k`` vector,
-  initialised to the identity (the paper's Eq. 5, "a learnable FC layer"; docs/method.md, section 4.2). The result is
+  initialised to the identity (the paper's Eq. 5, "a learnable FC layer"; docs/method-notes.md, section 4.2). The result is
   rescaled to the norm of the CDF-remapped tensor: the FC learns the kernel's *shape*, the scale
   stays the variance-matched Laplace scale. Without this the FC is a free global scale of the MF
   weights, which AdderNet layers are not invariant to, and its gradient (a sum over the whole

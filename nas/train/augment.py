@@ -1,12 +1,12 @@
 """What ShiftAddAug trains: a TargetNet inside an augmented network, and how that changes over time.
 
-* ``Augmenter`` samples the augmented network of each step (NetAug; docs/method.md, section 5.2): every
+* ``Augmenter`` samples the augmented network of each step (NetAug; docs/method-notes.md, section 5.2): every
   stage's width is the SubNet's times a factor from ``width_mults`` (width augmentation stops at
   ``stop_width`` of training, NetAug's ``min_w`` phase), every block's mid width the SubNet's
   expand ratio times a factor from ``expand_mults`` applied to its (augmented) input width, and
   blocks of the SubNet that the TargetNet skips (augmented depth) run only in this pass; with
   ``depth_decay`` each of them is kept with probability ``1 - progress``, so the extra depth is
-  removed progressively (docs/method.md, section 5.3).
+  removed progressively (docs/method-notes.md, section 5.3).
 * ``MutationSchedule`` is block mutation: the TargetNet's layers start multiplicative and are
   converted to their MF operator one unit at a time (stem, each block, head) over the first
   ``fraction`` of training, from the input side. The stored weight is remapped from the moment

@@ -8,7 +8,7 @@ One ``Trainer`` runs all the recipes the paper's ablations need, chosen by ``Tra
 * ``shiftaddaug``: the augmented part computes with multiplication (hybrid computation), plus
   block mutation and, with ``aug_depth`` or a NAS SubNet, augmented depth.
 
-Each step is NetAug's two-pass step (docs/method.md, section 5.1): the target pass and one sampled
+Each step is NetAug's two-pass step (docs/method-notes.md, section 5.1): the target pass and one sampled
 augmented pass each run forward and backward, then one optimizer step (alpha = 1); schedule,
 optimizer, random streams, checkpoints, device, precision and DDP are ``nas.train.loop.TrainLoop``'s. ``remap`` and
 ``aug`` are independent flags, so the 2x2 grid reviewers asked for is two command lines.
@@ -95,11 +95,11 @@ class MethodConfig:
                     "shiftaddaug: multiplicative augmented part + block mutation")
     remap: str = knob("cdf-fc", choices=lambda: REMAP_KINDS, group=METHOD,
                       help="weight remapping from the multiplicative into the MF domain")
-    # docs/method.md, section 3: target channels of the augmented pass with MF ("mf") or mult
+    # docs/method-notes.md, section 3: target channels of the augmented pass with MF ("mf") or mult
     hybrid: str = knob("mf", choices=("mf", "mult"), group=METHOD,
                        help="target channels of the augmented pass computed with MF (hybrid) or multiplication")
     # rescale the multiplicative partial sums of target channels to the MF ones in the augmented
-    # pass (docs/method.md, section 3): AddConv partial sums are orders of magnitude larger; measured on
+    # pass (docs/method-notes.md, section 3): AddConv partial sums are orders of magnitude larger; measured on
     # mbv2-tiny add, 3 epochs: 41.6% test accuracy without, 53.0% with (no change for shift)
     branch_norm: bool = knob(True, group=METHOD,
                              help="rescale the multiplicative partial sums of target channels to the MF ones "
@@ -439,7 +439,7 @@ class Trainer(TrainLoop):
                 net.set_active_subnet(aug_arch.with_ops(cfg.op), aug_blocks)
             elif cfg.hybrid == "mf":
                 net.set_active_subnet(aug_arch, aug_blocks, target=target, target_blocks=self.target_blocks)
-            else:  # --hybrid mult (docs/method.md, section 3): the augmented pass is entirely multiplicative
+            else:  # --hybrid mult (docs/method-notes.md, section 3): the augmented pass is entirely multiplicative
                 net.set_active_subnet(aug_arch, aug_blocks)
             _, loss_a = self._augmented_pass(x, y)
             out["loss_aug"] = loss_a.item()
